@@ -1,0 +1,67 @@
+# text2image_hub — `make run` starts the app, `make test` runs every check. `make help` lists the rest.
+APP_ID      := $(shell sed -n 's:.*<id>\(.*\)</id>.*:\1:p' appinfo/info.xml | head -1)
+APP_VERSION := $(shell sed -n 's:.*<version>\(.*\)</version>.*:\1:p' appinfo/info.xml | head -1)
+IMAGE       ?= ghcr.io/text2image-hub/$(APP_ID)
+PYTHON      ?= python3.11
+VENV        := .venv
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+OCC         ?= php occ
+APP_PORT    ?= 9033
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test check lint format bench docker-build docker-push register unregister e2e tiny-model
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0  # first: a CPU wheel; a plain `torch` would pull CUDA packages
+	$(BIN)/pip install --quiet -e ".[local,dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the app, the local backend and the dev tools
+
+run: $(STAMP) ## run the app (standalone without NEXTCLOUD_URL; as an ExApp with NEXTCLOUD_URL + APP_SECRET)
+	APP_PORT=$(APP_PORT) $(BIN)/python -m text2image_hub
+
+tiny-model: $(STAMP) ## create a tiny random-weights model in models/tiny-sdxl (smoke test only, not a real model)
+	$(BIN)/python -m tests.tiny_models models/tiny-sdxl
+	@echo "try it: T2I_MODEL_PATH=models/tiny-sdxl T2I_LOCAL_MODEL=stabilityai/sdxl-turbo make run"
+
+lint: $(STAMP) ## ruff lint + format check
+	$(BIN)/ruff check lib tests bench
+	$(BIN)/ruff format --check lib tests bench
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix lib tests bench
+	$(BIN)/ruff format lib tests bench
+
+check: lint ## lint + mypy --strict
+	$(BIN)/mypy lib/text2image_hub tests bench
+
+test: check ## all checks: ruff, mypy --strict, pytest
+	$(BIN)/pytest
+
+bench: $(STAMP) ## run the benchmarks (bench/*.py) and print their figures
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+docker-build: ## build the CPU and CUDA images, tagged <version>-cpu / <version>-cuda
+	docker build --build-arg FLAVOUR=cpu -t $(IMAGE):$(APP_VERSION)-cpu -t $(IMAGE):$(APP_VERSION) .
+	docker build --build-arg FLAVOUR=cuda -t $(IMAGE):$(APP_VERSION)-cuda .
+
+docker-push: ## push both images
+	docker push $(IMAGE):$(APP_VERSION)-cpu
+	docker push $(IMAGE):$(APP_VERSION)
+	docker push $(IMAGE):$(APP_VERSION)-cuda
+
+register: ## register the running app with Nextcloud via a manual_install daemon (OCC="…" to change occ)
+	OCC="$(OCC)" APP_PORT=$(APP_PORT) sh scripts/register.sh register
+
+unregister: ## unregister the app from Nextcloud
+	OCC="$(OCC)" sh scripts/register.sh unregister
+
+e2e: $(STAMP) ## schedule a core:text2image task on NEXTCLOUD_URL (NC_USER/NC_PASSWORD) and wait until SUCCESSFUL
+	$(BIN)/python scripts/e2e.py

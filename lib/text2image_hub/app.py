@@ -1,0 +1,203 @@
+"""``create_app``: the FastAPI application with its lifespan (worker, HTTP client, backends) and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypedDict
+
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from nc_py_api.ex_app.ui.settings import SettingsForm
+
+from .admin import FORM_ID, SENSITIVE_FIELDS, ConfigReader, settings_form
+from .auth import appapi_user
+from .errors import ConfigurationError, NextcloudUnavailableError, Text2ImageError
+from .nextcloud import NextcloudGateway
+from .service import BackendSet, ImageService
+from .settings import Settings
+from .worker import TaskWorker, WorkerTiming
+
+logger = logging.getLogger(__name__)
+
+BackendFactory = Callable[[Settings], Awaitable[BackendSet]]
+
+
+@dataclass(frozen=True)
+class ExAppParts:
+    """What exists only when the app runs under Nextcloud."""
+
+    gateway: NextcloudGateway
+    worker: TaskWorker
+
+
+@dataclass(frozen=True)
+class Hub:
+    """Everything the routes use, built in the lifespan and handed to requests through the lifespan state."""
+
+    settings: Settings
+    service: ImageService
+    config: ConfigReader
+    exapp: ExAppParts | None
+
+    def nextcloud(self) -> ExAppParts:
+        if self.exapp is None:
+            raise HTTPException(status_code=404, detail="not running under Nextcloud")
+        return self.exapp
+
+
+class _State(TypedDict):
+    hub: Hub
+
+
+def get_hub(request: Request) -> Hub:
+    hub: Hub = request.state.hub
+    return hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+def require_appapi(request: Request, hub: HubDep) -> str:
+    """Dependency for the routes only AppAPI may call: 401 unless the AppAPI headers are valid."""
+    secret = hub.settings.app_secret.get_secret_value() if hub.settings.app_secret else ""
+    user = appapi_user(request.headers, hub.settings.app_id, secret)
+    if user is None:
+        raise HTTPException(status_code=401, detail="AppAPI authentication failed")
+    return user
+
+
+async def default_backends(settings: Settings) -> BackendSet:
+    from .backends.registry import Backends  # imported late: remote-only installs never import the local backend
+
+    return Backends(settings)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    backends: BackendFactory = default_backends,
+    timing: WorkerTiming | None = None,
+) -> FastAPI:
+    timing = timing or WorkerTiming(poll_interval=settings.poll_interval)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[_State]:
+        backend_set = await backends(settings)
+        service = ImageService(backend_set, settings.app_version)
+        gateway = None if settings.standalone else NextcloudGateway(settings)
+        config = ConfigReader(gateway.config_values if gateway else None, settings.config_defaults)
+        worker = TaskWorker(gateway, service, config, timing) if gateway else None
+        hub = Hub(settings, service, config, ExAppParts(gateway, worker) if gateway and worker else None)
+        background = [asyncio.create_task(_warm_up(hub), name="warm-up")]
+        if worker is not None:
+            background.append(asyncio.create_task(worker.run(), name="task-worker"))
+        try:
+            yield {"hub": hub}
+        finally:
+            if worker is not None:
+                await worker.shutdown()
+            for job in background:
+                job.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await backend_set.aclose()
+            if gateway is not None:
+                await gateway.aclose()
+
+    app = FastAPI(
+        title="Text2Image Hub",
+        version=settings.app_version,
+        summary="Nextcloud core:text2image provider with an OpenAI-compatible image API",
+        lifespan=lifespan,
+    )
+
+    @app.get("/heartbeat", include_in_schema=False)
+    async def heartbeat() -> dict[str, str]:
+        return {"status": "ok"}
+
+    if not settings.standalone:
+        _add_lifecycle_routes(app)
+    return app
+
+
+def _add_lifecycle_routes(app: FastAPI) -> None:
+    appapi = [Depends(require_appapi)]
+
+    @app.post("/init", dependencies=appapi, include_in_schema=False)
+    async def init(hub: HubDep, tasks: BackgroundTasks) -> dict[str, Any]:
+        tasks.add_task(_initialize, hub, hub.nextcloud().gateway)
+        return {}
+
+    @app.put("/enabled", dependencies=appapi, include_in_schema=False)
+    async def enabled(enabled: bool, hub: HubDep) -> JSONResponse:
+        return JSONResponse({"error": await _set_enabled(hub, enabled)})
+
+    @app.post("/trigger", dependencies=appapi, include_in_schema=False)
+    async def trigger(providerId: str, hub: HubDep) -> dict[str, Any]:  # AppAPI's query name
+        hub.nextcloud().worker.wake()
+        return {}
+
+
+async def _warm_up(hub: Hub) -> None:
+    """Load the configured backend once at start-up (weights already on disk; downloads happen in /init)."""
+    try:
+        config = await hub.config.load()
+        await hub.service.backends.prepare(config, _no_progress, download=hub.settings.standalone)
+    except (Text2ImageError, OSError) as exc:
+        logger.warning("backend not ready at start-up: %s", exc)
+
+
+async def _no_progress(_: int) -> None:
+    return None
+
+
+async def _initialize(hub: Hub, gateway: NextcloudGateway) -> None:
+    """/init: make the backend ready (downloading weights if needed), reporting progress; 100 when done."""
+    last = -1
+
+    async def progress(percent: int) -> None:
+        nonlocal last
+        if percent != last:
+            last = percent
+            with contextlib.suppress(NextcloudUnavailableError):
+                await gateway.set_init_status(min(percent, 99))
+
+    try:
+        config = await hub.config.load()
+        await hub.service.backends.prepare(config, progress, download=True)
+    except ConfigurationError as exc:
+        logger.warning("init: %s (the admin can fix it in the settings form)", exc)
+    except Text2ImageError as exc:
+        logger.error("init failed: %s", exc)
+        await gateway.set_init_status(max(last, 0), f"Text2Image Hub could not prepare its model: {exc}")
+        return
+    await gateway.set_init_status(100)
+
+
+async def _set_enabled(hub: Hub, enabled: bool) -> str:
+    parts = hub.nextcloud()
+    try:
+        if enabled:
+            await parts.gateway.ensure_sensitive_keys(SENSITIVE_FIELDS)
+            await parts.gateway.register_form(_form())
+            await parts.worker.enable()
+        else:
+            await parts.worker.disable()
+            await parts.gateway.unregister_form(FORM_ID)
+    except Text2ImageError as exc:
+        logger.error("enabled=%s failed: %s", enabled, exc)
+        return str(exc)
+    logger.info("app %s", "enabled" if enabled else "disabled")
+    return ""
+
+
+def _form() -> SettingsForm:
+    from .backends.catalog import local_models
+
+    specs = local_models()
+    sizes = sorted({str(size) for spec in specs for size in spec.sizes}, key=lambda s: tuple(map(int, s.split("x"))))
+    return settings_form(tuple(spec.id for spec in specs), tuple(sizes))
+

@@ -1,0 +1,99 @@
+"""Image sizes, PNG encoding with AI provenance metadata, and the optional visible "AI-generated" mark."""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+from .errors import InvalidRequestError
+
+_SIZE_PATTERN = re.compile(r"^\s*(\d{2,5})\s*[xX×]\s*(\d{2,5})\s*$")
+WATERMARK_TEXT = "AI-generated"
+
+
+@dataclass(frozen=True, order=True)
+class ImageSize:
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, text: str) -> ImageSize:
+        """Parse ``"1024x768"``; anything else is an ``InvalidRequestError`` with code ``INVALID_SIZE``."""
+        match = _SIZE_PATTERN.match(text)
+        if match is None:
+            raise InvalidRequestError(
+                f"Invalid size {text[:40]!r}: write it as WIDTHxHEIGHT, for example 1024x1024.",
+                code="INVALID_SIZE",
+                param="size",
+            )
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def sizes_text(sizes: tuple[ImageSize, ...]) -> str:
+    return ", ".join(str(size) for size in sizes)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What every PNG says about how it was made (IPTC's "trainedAlgorithmicMedia" plus our facts)."""
+
+    model: str
+    backend: str
+    seed: int
+    size: ImageSize
+    app_version: str
+    prompt: str | None = None
+
+    def text_chunks(self) -> dict[str, str]:
+        chunks = {
+            "AI-Generated": "true",
+            "DigitalSourceType": "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia",
+            "Software": f"text2image_hub {self.app_version}",
+            "Model": self.model,
+            "Backend": self.backend,
+            "Seed": str(self.seed),
+            "Size": str(self.size),
+        }
+        if self.prompt is not None:
+            chunks["Prompt"] = self.prompt
+        return chunks
+
+
+def add_watermark(image: Image.Image) -> Image.Image:
+    """A small, semi-transparent "AI-generated" label in the bottom-right corner."""
+    base = image.convert("RGBA")
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    font_size = max(10, min(base.size) // 40)
+    font = ImageFont.load_default(size=font_size)
+    left, top, right, bottom = draw.textbbox((0, 0), WATERMARK_TEXT, font=font)
+    pad = max(2, font_size // 3)
+    box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
+    x0, y0 = base.width - box_w - pad, base.height - box_h - pad
+    draw.rounded_rectangle((x0, y0, x0 + box_w, y0 + box_h), radius=pad, fill=(0, 0, 0, 90))
+    draw.text((x0 + pad - left, y0 + pad - top), WATERMARK_TEXT, font=font, fill=(255, 255, 255, 200))
+    return Image.alpha_composite(base, overlay).convert("RGB")
+
+
+def encode_png(image: Image.Image, provenance: Provenance, *, watermark: bool) -> bytes:
+    """Encode as PNG with provenance text chunks, and the visible mark when ``watermark`` is true."""
+    if watermark:
+        image = add_watermark(image)
+    elif image.mode not in ("RGB", "RGBA", "L"):
+        image = image.convert("RGB")
+    info = PngImagePlugin.PngInfo()
+    for key, value in provenance.text_chunks().items():
+        info.add_itxt(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=4)
+    return buffer.getvalue()

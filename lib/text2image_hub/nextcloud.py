@@ -1,0 +1,183 @@
+"""The gateway to Nextcloud: the only module that calls nc_py_api.
+
+nc_py_api's ``next_task``, ``set_progress`` and ``report_result`` return ``{}`` both for "nothing" and for
+"Nextcloud failed" (timeout, maintenance, wrong secret), and connection errors escape as niquests exceptions.
+This gateway calls the same OCS endpoints through nc_py_api's session so that failures raise
+``NextcloudUnavailableError`` and the worker can back off and retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import niquests
+from nc_py_api import AsyncNextcloudApp, NextcloudException, NextcloudExceptionNotFound
+from nc_py_api.ex_app import LogLvl
+from nc_py_api.ex_app.providers.task_processing import TaskProcessingProvider
+from nc_py_api.ex_app.ui.settings import SettingsForm
+
+from .errors import NextcloudUnavailableError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TASK_TYPE = "core:text2image"
+STATUS_CANCELLED = "STATUS_CANCELLED"
+STATUS_GONE = "STATUS_GONE"  # ours: the task was deleted (Nextcloud answers 404)
+_TP = "/ocs/v2.php/taskprocessing/tasks_provider"
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task Nextcloud handed to us (it is RUNNING now and ours alone)."""
+
+    id: int
+    input: dict[str, Any]
+    user_id: str | None = None
+    include_watermark: bool = True
+    custom_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _unavailable(exc: Exception, what: str) -> NextcloudUnavailableError:
+    if isinstance(exc, NextcloudException):
+        return NextcloudUnavailableError(f"Nextcloud answered {exc.status_code} to {what}")
+    return NextcloudUnavailableError(f"Nextcloud is unreachable ({type(exc).__name__}) during {what}")
+
+
+_FAILURES = (NextcloudException, niquests.exceptions.RequestException, OSError)
+
+
+class NextcloudGateway:
+    """Claim, progress, upload, report, configuration and logging, with failures made visible."""
+
+    def __init__(self, settings: Settings) -> None:
+        secret = settings.app_secret.get_secret_value() if settings.app_secret else ""
+        self._nc = AsyncNextcloudApp(  # type: ignore[no-untyped-call]  # nc_py_api takes **kwargs
+            nextcloud_url=settings.nextcloud_url,
+            app_id=settings.app_id,
+            app_version=settings.app_version,
+            app_secret=secret,
+            npa_timeout=settings.nextcloud_timeout,
+        )
+
+    # --- TaskProcessing -------------------------------------------------------------------------------------------
+    async def claim_next(self, provider_id: str) -> ClaimedTask | None:
+        """The next task for our provider, or None when there is none. Raises when Nextcloud fails."""
+        body = {"providerIds": [provider_id], "taskTypeIds": [TASK_TYPE]}
+        try:
+            data = await self._nc._session.ocs("GET", f"{_TP}/next", json=body)
+        except _FAILURES as exc:
+            raise _unavailable(exc, "next_task") from exc
+        if not data:
+            return None
+        task = data["task"]
+        return ClaimedTask(
+            id=int(task["id"]),
+            input=dict(task.get("input") or {}),
+            user_id=task.get("userId"),
+            include_watermark=bool(task.get("includeWatermark", True)),
+            custom_id=task.get("customId"),
+            raw=task,
+        )
+
+    async def set_progress(self, task_id: int, percent: float) -> str:
+        """Report progress; returns the task's status (``STATUS_CANCELLED`` when the user cancelled it)."""
+        body = {"taskId": task_id, "progress": min(max(percent, 0.0), 100.0) / 100.0}
+        try:
+            data = await self._nc._session.ocs("POST", f"{_TP}/{task_id}/progress", json=body)
+        except NextcloudExceptionNotFound:
+            return STATUS_GONE
+        except _FAILURES as exc:
+            if isinstance(exc, NextcloudException) and exc.status_code == 404:
+                return STATUS_GONE
+            raise _unavailable(exc, "set_progress") from exc
+        return str((data or {}).get("task", {}).get("status", ""))
+
+    async def upload_image(self, task_id: int, png: bytes) -> int | None:
+        """Upload one result file; None when the task is gone."""
+        try:
+            return int(await self._nc.providers.task_processing.upload_result_file(task_id, png))
+        except NextcloudExceptionNotFound:
+            return None
+        except _FAILURES as exc:
+            if isinstance(exc, NextcloudException) and exc.status_code == 404:
+                return None
+            raise _unavailable(exc, "upload_result_file") from exc
+
+    async def report_success(self, task_id: int, file_ids: list[int]) -> str:
+        return await self._report(task_id, {"taskId": task_id, "output": {"images": file_ids}})
+
+    async def report_failure(self, task_id: int, admin_message: str, user_message: str) -> str:
+        body = {
+            "taskId": task_id,
+            "output": None,
+            "errorMessage": admin_message[:4000],
+            "userFacingErrorMessage": user_message[:1000],
+        }
+        return await self._report(task_id, body)
+
+    async def _report(self, task_id: int, body: dict[str, Any]) -> str:
+        """Store the result; returns the task status. Raises when the result may not have been stored."""
+        try:
+            data = await self._nc._session.ocs("POST", f"{_TP}/{task_id}/result", json=body)
+        except NextcloudExceptionNotFound:
+            return STATUS_GONE
+        except _FAILURES as exc:
+            if isinstance(exc, NextcloudException) and exc.status_code == 404:
+                return STATUS_GONE
+            raise _unavailable(exc, "report_result") from exc
+        return str((data or {}).get("task", {}).get("status", ""))
+
+    # --- AppAPI ---------------------------------------------------------------------------------------------------
+    async def register_provider(self, provider: TaskProcessingProvider) -> None:
+        await self._nc.providers.task_processing.register(provider)
+
+    async def unregister_provider(self, provider_id: str) -> None:
+        await self._nc.providers.task_processing.unregister(provider_id)
+
+    async def register_form(self, form: SettingsForm) -> None:
+        await self._nc.ui.settings.register_form(form)
+
+    async def unregister_form(self, form_id: str) -> None:
+        await self._nc.ui.settings.unregister_form(form_id)
+
+    async def set_init_status(self, progress: int, error: str = "") -> None:
+        await self._nc.set_init_status(progress, error)
+
+    async def enabled(self) -> bool:
+        """Whether AppAPI has the app enabled. Raises when Nextcloud cannot tell."""
+        try:
+            return bool(await self._nc._session.ocs("GET", "/ocs/v1.php/apps/app_api/ex-app/state"))
+        except _FAILURES as exc:
+            raise _unavailable(exc, "enabled_state") from exc
+
+    async def config_values(self, keys: tuple[str, ...]) -> dict[str, str]:
+        """Saved admin values (fields never saved are absent). Raises when Nextcloud fails."""
+        try:
+            records = await self._nc.appconfig_ex.get_values(list(keys))
+        except _FAILURES as exc:
+            raise _unavailable(exc, "appconfig_ex") from exc
+        return {record.key: record.value for record in records}
+
+    async def ensure_sensitive_keys(self, keys: tuple[str, ...]) -> None:
+        """Create the sensitive keys (empty) if missing, so admin saves read back as plaintext."""
+        existing = await self.config_values(keys)
+        for key in keys:
+            if key not in existing:
+                await self._nc.appconfig_ex.set_value(key, "", sensitive=True)
+
+    async def log(self, level: int, message: str) -> None:
+        """Write to nextcloud.log (never raises: logging must not break the caller)."""
+        try:
+            await self._nc.log(LogLvl(level), message, fast_send=True)
+        except _FAILURES:
+            logger.debug("could not forward a log record to Nextcloud", exc_info=True)
+
+    async def aclose(self) -> None:
+        for adapter in ("adapter", "adapter_dav"):
+            session = getattr(self._nc._session, adapter, None)
+            if session is not None:
+                await session.close()

@@ -1,0 +1,169 @@
+"""The ``core:text2image`` provider declaration and the task input as Nextcloud delivers it.
+
+Nextcloud checks input types only: an empty prompt, ``numberOfImages: 500`` or ``"2"`` arrive as sent, so
+``TaskInput`` coerces and range-checks every field and turns problems into messages a user understands.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Protocol
+
+from nc_py_api.ex_app.providers.task_processing import (
+    ShapeDescriptor,
+    ShapeEnumValue,
+    ShapeType,
+    TaskProcessingProvider,
+)
+
+from .backends import ModelInfo
+from .errors import InvalidRequestError
+from .imaging import ImageSize, sizes_text
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_ID = "text2image_hub"
+TASK_TYPE = "core:text2image"
+MAX_IMAGES_PER_TASK = 12
+RANDOM_SEED = -1
+_BACKEND_LABELS = {"local": "on this server", "remote": "remote service"}
+
+
+def _size_label(size: ImageSize) -> str:
+    if size.width == size.height:
+        shape = "square"
+    elif size.width > size.height:
+        shape = "landscape"
+    else:
+        shape = "portrait"
+    return f"{size.width} × {size.height} ({shape})"
+
+
+def provider_declaration(
+    model: ModelInfo, default_size: ImageSize, *, fallback: bool = False
+) -> TaskProcessingProvider:
+    """Our provider as Assistant shows it: name, honest expected runtime, size choices and a seed."""
+    where = _BACKEND_LABELS.get(model.backend, model.backend)
+    short_model = model.id.rsplit("/", 1)[-1]
+    name = f"Text2Image Hub: {short_model} ({where}{', remote fallback' if fallback else ''})"
+    return TaskProcessingProvider(
+        id=PROVIDER_ID,
+        name=name,
+        task_type=TASK_TYPE,
+        expected_runtime=max(1, math.ceil(model.seconds_per_image + 2)),
+        optional_input_shape=[
+            ShapeDescriptor(name="size", description="Image size (width × height)", shape_type=ShapeType.ENUM),
+            ShapeDescriptor(
+                name="seed",
+                description="Seed: the same seed and prompt give the same image; -1 picks a random one",
+                shape_type=ShapeType.NUMBER,
+            ),
+        ],
+        optional_input_shape_enum_values={
+            "size": [ShapeEnumValue(name=_size_label(size), value=str(size)) for size in model.sizes],
+        },
+        optional_input_shape_defaults={"size": str(default_size), "seed": RANDOM_SEED},
+        input_shape_defaults={"numberOfImages": 1},
+    )
+
+
+class TaskInput:
+    """A validated task input: prompt, count, size (None → default) and seed (None → random)."""
+
+    __slots__ = ("count", "prompt", "seed", "size")
+
+    def __init__(self, prompt: str, count: int, size: ImageSize | None, seed: int | None) -> None:
+        self.prompt = prompt
+        self.count = count
+        self.size = size
+        self.seed = seed
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> TaskInput:
+        prompt = raw.get("input")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequestError("Please describe the image you want: the prompt is empty.", code="MISSING_PROMPT")
+        return cls(prompt.strip(), _count(raw.get("numberOfImages", 1)), _size(raw.get("size")), _seed(raw.get("seed")))
+
+
+def _count(value: object) -> int:
+    number = _integer(value)
+    if number is None or not 1 <= number <= MAX_IMAGES_PER_TASK:
+        raise InvalidRequestError(
+            f"The number of images must be between 1 and {MAX_IMAGES_PER_TASK}.",
+            code="INVALID_N",
+            param="numberOfImages",
+        )
+    return number
+
+
+def _size(value: object) -> ImageSize | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequestError("The size must be written as WIDTHxHEIGHT.", code="INVALID_SIZE", param="size")
+    return ImageSize.parse(value)
+
+
+def _seed(value: object) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number = _integer(value)
+    if number is None or not RANDOM_SEED <= number < 2**63:
+        raise InvalidRequestError(
+            "The seed must be a whole number (0 or more), or -1 for a random one.", code="INVALID_SEED", param="seed"
+        )
+    return None if number == RANDOM_SEED else number
+
+
+def _integer(value: object) -> int | None:
+    """Whole numbers given as int, integral float or numeric string; anything else is None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                return None
+            return int(number) if number.is_integer() else None
+    return None
+
+
+def describe_sizes(sizes: tuple[ImageSize, ...]) -> str:
+    return sizes_text(sizes)
+
+
+class ProviderRegistry(Protocol):
+    async def register_provider(self, provider: TaskProcessingProvider) -> None: ...
+
+    async def unregister_provider(self, provider_id: str) -> None: ...
+
+
+class ProviderRegistration:
+    """Keeps the registered declaration in step with the active backend (re-registers when it changes)."""
+
+    def __init__(self, registry: ProviderRegistry) -> None:
+        self._registry = registry
+        self._registered: TaskProcessingProvider | None = None
+
+    async def sync(self, declaration: TaskProcessingProvider) -> bool:
+        """Register ``declaration`` unless it is what Nextcloud already has; True when it registered."""
+        if declaration == self._registered:
+            return False
+        await self._registry.register_provider(declaration)
+        self._registered = declaration
+        logger.info("registered provider %r (expected runtime %d s)", declaration.name, declaration.expected_runtime)
+        return True
+
+    async def withdraw(self) -> None:
+        await self._registry.unregister_provider(PROVIDER_ID)
+        self._registered = None

@@ -1,0 +1,95 @@
+"""Deploy-time settings, read once from the environment in ``__main__`` and passed down.
+
+AppAPI's variables keep their names (``APP_ID``, ``APP_SECRET``, ``NEXTCLOUD_URL``, …); ours start with ``T2I_``.
+Environment defaults for the admin settings (``T2I_BACKEND``, ``T2I_REMOTE_API_KEY``, …) are collected into
+``config_defaults`` and used until an admin saves a value (see ``admin.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from . import app_version
+
+ComputeDevice = Literal["CPU", "CUDA", "ROCM"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False, populate_by_name=True)
+
+    app_id: str = Field("text2image_hub", validation_alias="APP_ID")
+    app_secret: SecretStr | None = Field(None, validation_alias="APP_SECRET")
+    app_version: str = Field(default_factory=app_version, validation_alias="APP_VERSION")
+    app_host: str = Field("127.0.0.1", validation_alias="APP_HOST")
+    app_port: int = Field(9033, validation_alias="APP_PORT")
+    nextcloud_url: str | None = Field(None, validation_alias="NEXTCLOUD_URL")
+    persistent_storage: Path = Field(Path("data"), validation_alias="APP_PERSISTENT_STORAGE")
+    compute_device: ComputeDevice = Field("CPU", validation_alias="COMPUTE_DEVICE")
+
+    model_path: Path | None = Field(None, validation_alias="T2I_MODEL_PATH")
+    poll_interval: float = Field(5.0, gt=0, le=3600, validation_alias="T2I_POLL_INTERVAL")
+    local_speedups: str = Field("", validation_alias="T2I_LOCAL_SPEEDUPS")
+    image_ttl: int = Field(3600, ge=60, validation_alias=AliasChoices("T2I_IMAGE_TTL"))
+    log_level: str = Field("INFO", validation_alias="T2I_LOG_LEVEL")
+    nextcloud_timeout: float = Field(30.0, gt=0, validation_alias="T2I_NEXTCLOUD_TIMEOUT")
+
+    config_defaults: Mapping[str, str] = Field(default_factory=dict)
+    """Environment defaults of the admin settings, by field id (``T2I_<FIELD>``)."""
+
+    @field_validator("compute_device", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("model_path", "nextcloud_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def standalone(self) -> bool:
+        """No Nextcloud: settings from the environment, no task worker, /v1 protected by API keys only."""
+        return self.nextcloud_url is None
+
+    @property
+    def torch_device(self) -> str:
+        return "cuda" if self.compute_device in ("CUDA", "ROCM") else "cpu"
+
+    @property
+    def speedups(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.local_speedups.split(",") if name.strip())
+
+
+def load_settings(environ: Mapping[str, str] | None = None, field_ids: tuple[str, ...] = ()) -> Settings:
+    """Build the settings from ``environ`` (default ``os.environ``), with ``T2I_<FIELD>`` defaults for ``field_ids``."""
+    env = dict(os.environ if environ is None else environ)
+    upper_env = {key.upper(): value for key, value in env.items()}
+    defaults = {field: upper_env[f"T2I_{field.upper()}"] for field in field_ids if f"T2I_{field.upper()}" in upper_env}
+    values: dict[str, object] = {key: value for key, value in upper_env.items() if key in _ENV_NAMES}
+    return Settings.model_validate({**values, "config_defaults": defaults})
+
+
+_ENV_NAMES = frozenset(
+    {
+        "APP_ID",
+        "APP_SECRET",
+        "APP_VERSION",
+        "APP_HOST",
+        "APP_PORT",
+        "NEXTCLOUD_URL",
+        "APP_PERSISTENT_STORAGE",
+        "COMPUTE_DEVICE",
+        "T2I_MODEL_PATH",
+        "T2I_POLL_INTERVAL",
+        "T2I_LOCAL_SPEEDUPS",
+        "T2I_IMAGE_TTL",
+        "T2I_LOG_LEVEL",
+        "T2I_NEXTCLOUD_TIMEOUT",
+    }
+)
