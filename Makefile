@@ -49,8 +49,8 @@ bench: $(STAMP) ## run the benchmarks (bench/*.py) and print their figures
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 docker-build: ## build the CPU and CUDA images, tagged <version>-cpu / <version>-cuda
-	docker build --build-arg FLAVOUR=cpu -t $(IMAGE):$(APP_VERSION)-cpu -t $(IMAGE):$(APP_VERSION) .
-	docker build --build-arg FLAVOUR=cuda -t $(IMAGE):$(APP_VERSION)-cuda .
+	docker build --build-arg FLAVOUR=cpu --build-arg VERSION=$(APP_VERSION) -t $(IMAGE):$(APP_VERSION)-cpu -t $(IMAGE):$(APP_VERSION) .
+	docker build --build-arg FLAVOUR=cuda --build-arg VERSION=$(APP_VERSION) -t $(IMAGE):$(APP_VERSION)-cuda .
 
 docker-push: ## push both images
 	docker push $(IMAGE):$(APP_VERSION)-cpu
