@@ -46,7 +46,7 @@ test: check ## all checks: ruff, mypy --strict, pytest
 	$(BIN)/pytest
 
 bench: $(STAMP) ## run the benchmarks (bench/*.py) and print their figures
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/*.py; do echo "== $$script"; PYTHONPATH=. $(BIN)/python $$script || exit 1; done
 
 docker-build: ## build the CPU and CUDA images, tagged <version>-cpu / <version>-cuda
 	docker build --build-arg FLAVOUR=cpu --build-arg VERSION=$(APP_VERSION) -t $(IMAGE):$(APP_VERSION)-cpu -t $(IMAGE):$(APP_VERSION) .

@@ -17,11 +17,13 @@ from text2image_hub.service import ProgressCallback
 SIZES = (ImageSize(256, 256), ImageSize(512, 512), ImageSize(1024, 1024), ImageSize(1024, 768))
 
 
-def instant_model(backend: str = "local", model_id: str = "test/instant") -> ModelInfo:
+def instant_model(
+    backend: str = "local", model_id: str = "test/instant", sizes: tuple[ImageSize, ...] = SIZES
+) -> ModelInfo:
     return ModelInfo(
         id=model_id,
         backend=backend,
-        sizes=SIZES,
+        sizes=sizes,
         default_size=ImageSize(512, 512),
         steps=StepRange(1, 8, 4),
         default_guidance=0.0,
@@ -40,6 +42,7 @@ class InstantBackend:
     steps: int = 4
     step_seconds: float = 0.0
     fail_with: Text2ImageError | Exception | None = None
+    sizes: tuple[ImageSize, ...] = SIZES
     calls: list[GenerationRequest] = field(default_factory=list)
     steps_run: int = 0
 
@@ -49,7 +52,7 @@ class InstantBackend:
 
     @property
     def model(self) -> ModelInfo:
-        return instant_model(self.backend_name, self.model_id)
+        return instant_model(self.backend_name, self.model_id, self.sizes)
 
     async def generate(self, request: GenerationRequest, control: GenerationControl) -> list[GeneratedImage]:
         self.calls.append(request)

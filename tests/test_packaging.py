@@ -1,7 +1,6 @@
 """What ships beside the code: appinfo/info.xml, the Dockerfile, ex_app/ (start.sh, healthcheck.sh, icons) and
 scripts/register.sh. Static checks, plus the shell scripts run against fakes (no Docker, no Nextcloud)."""
 
-
 from __future__ import annotations
 
 import contextlib

@@ -98,7 +98,7 @@ async def test_failover_does_not_hide_bad_input():
 
 
 async def test_cancelled_control_stops_generation():
-    service, backends = _service()
+    service, _ = _service()
     control = GenerationControl()
     control.cancel()
     with pytest.raises(GenerationCancelledError):

@@ -38,8 +38,10 @@ def main() -> None:
         stream=sys.stderr,
     )
     if not settings.standalone and settings.app_secret is None:
-        sys.exit("APP_SECRET is not set: AppAPI passes it when it deploys the app (or unset NEXTCLOUD_URL to run "
-                 "standalone).")
+        sys.exit(
+            "APP_SECRET is not set: AppAPI passes it when it deploys the app (or unset NEXTCLOUD_URL to run "
+            "standalone)."
+        )
     if settings.standalone:
         defaults = {**settings.config_defaults, **_standalone_api_key(settings)}
         settings = settings.model_copy(update={"config_defaults": defaults})

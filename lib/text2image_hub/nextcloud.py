@@ -8,6 +8,8 @@ This gateway calls the same OCS endpoints through nc_py_api's session so that fa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,3 +183,27 @@ class NextcloudGateway:
             session = getattr(self._nc._session, adapter, None)
             if session is not None:
                 await session.close()
+
+
+class NextcloudLogForwarder(logging.Handler):
+    """Sends our ERROR records to nextcloud.log through a queue (nc_py_api's own handler blocks on HTTP)."""
+
+    def __init__(self, gateway: NextcloudGateway, loop: asyncio.AbstractEventLoop, capacity: int = 100) -> None:
+        super().__init__(level=logging.ERROR)
+        self._gateway = gateway
+        self._loop = loop
+        self._queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue(maxsize=capacity)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = 4 if record.levelno >= logging.CRITICAL else 3
+        message = f"{record.name}: {record.getMessage()}"
+        self._loop.call_soon_threadsafe(self._offer, level, message)
+
+    def _offer(self, level: int, message: str) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a flood of errors must not grow memory without bound
+            self._queue.put_nowait((level, message))
+
+    async def run(self) -> None:
+        while True:
+            level, message = await self._queue.get()
+            await self._gateway.log(level, message)

@@ -184,9 +184,10 @@ class TaskWorker:
 
     # --- one task ---------------------------------------------------------------------------------------------------
     async def _process(self, task: ClaimedTask, control: GenerationControl) -> None:
+        """The per-task boundary: every task ends SUCCESSFUL or FAILED unless the user cancelled or deleted it."""
         progress = _ProgressReporter(self._gateway, task.id, control, self._timing)
         try:
-            config = await self._config.load()
+            config = await self._config.load()  # read after the claim: a value saved a moment ago applies
             request = TaskInput.parse(task.input)
             seeds = None if request.seed is None else tuple(request.seed + i for i in range(request.count))
             spec = GenerationSpec(

@@ -1,0 +1,102 @@
+"""Fixtures that run the real app (uvicorn, its own thread) against the fake Nextcloud over real HTTP."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fake_nextcloud import FakeNextcloud
+from tests.instant_backend import StaticBackends
+from tests.servers import ThreadedServer, free_port
+from text2image_hub.admin import FIELD_IDS
+from text2image_hub.app import create_app
+from text2image_hub.service import BackendSet
+from text2image_hub.settings import Settings, load_settings
+from text2image_hub.worker import WorkerTiming
+
+FAST_TIMING = WorkerTiming(
+    poll_interval=30.0,
+    progress_interval=0.05,
+    progress_keepalive=0.5,
+    backoff_initial=0.05,
+    backoff_max=0.5,
+    delivery_deadline=60.0,
+    shutdown_grace=2.0,
+)
+ROUTES = [("^/v1/.*", "GET,POST", 0)]
+
+
+@pytest.fixture
+def app_secret() -> str:
+    return "secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture
+def nextcloud(app_secret: str) -> Iterator[FakeNextcloud]:
+    with FakeNextcloud(app_secret=app_secret, routes=ROUTES) as fake:
+        yield fake
+
+
+def exapp_settings(nextcloud: FakeNextcloud, storage: Path, port: int, **environ: str) -> Settings:
+    return load_settings(
+        {
+            "APP_ID": nextcloud.app_id,
+            "APP_SECRET": nextcloud.app_secret,
+            "APP_VERSION": nextcloud.app_version,
+            "APP_PORT": str(port),
+            "NEXTCLOUD_URL": nextcloud.url,
+            "APP_PERSISTENT_STORAGE": str(storage),
+            "T2I_NEXTCLOUD_TIMEOUT": "5",
+            **environ,
+        },
+        FIELD_IDS,
+    )
+
+
+class ExAppRunner:
+    """Starts (and restarts) the app as AppAPI would run it, wired to the fake Nextcloud."""
+
+    def __init__(self, nextcloud: FakeNextcloud, storage: Path) -> None:
+        self.nextcloud = nextcloud
+        self.storage = storage
+        self.port = free_port()
+        self.backends: BackendSet = StaticBackends()
+        self.server: ThreadedServer | None = None
+
+    def start(self, *, timing: WorkerTiming = FAST_TIMING, **environ: str) -> ThreadedServer:
+        settings = exapp_settings(self.nextcloud, self.storage, self.port, **environ)
+        backends = self.backends
+
+        async def factory(_: Settings) -> BackendSet:
+            return backends
+
+        self.server = ThreadedServer(create_app(settings, backends=factory, timing=timing), port=self.port).start()
+        self.nextcloud.app_url = self.server.url
+        return self.server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+@pytest.fixture
+def exapp(nextcloud: FakeNextcloud, tmp_path: Path) -> Iterator[ExAppRunner]:
+    runner = ExAppRunner(nextcloud, tmp_path)
+    yield runner
+    runner.stop()
+
+
+@pytest.fixture
+def registered(exapp: ExAppRunner) -> Callable[..., ExAppRunner]:
+    """Start the app and register it the way AppAPI does (heartbeat, init, enabled)."""
+
+    def start(**kwargs: object) -> ExAppRunner:
+        exapp.start(**kwargs)  # type: ignore[arg-type]
+        exapp.nextcloud.register_app()
+        return exapp
+
+    return start

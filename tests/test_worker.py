@@ -1,0 +1,263 @@
+"""The task worker end to end: the real app over HTTP, the fake Nextcloud through the real nc_py_api client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from dataclasses import replace
+
+import httpx2
+import pytest
+from PIL import Image
+
+from tests.conftest import FAST_TIMING
+from tests.instant_backend import InstantBackend, StaticBackends
+from text2image_hub.errors import GpuOutOfMemoryError
+from text2image_hub.imaging import ImageSize
+from text2image_hub.provider import PROVIDER_ID
+
+SUCCESS = "STATUS_SUCCESSFUL"
+FAILED = "STATUS_FAILED"
+
+
+def _images(nextcloud, task: dict) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(nextcloud.file(task["id"], file_id))) for file_id in task["output"]["images"]]
+
+
+def test_enable_registers_the_provider_and_the_form(registered):
+    runner = registered()
+    provider = runner.nextcloud.providers[PROVIDER_ID]
+    assert provider["task_type"] == "core:text2image"
+    names = [shape["name"] for shape in provider["optional_input_shape"]]
+    assert names == ["size", "seed"]
+    assert provider["optional_input_shape_defaults"]["size"] == "512x512"
+    assert "admin_settings" in runner.nextcloud.forms
+    assert runner.nextcloud.appconfig["remote_api_key"]["sensitive"] in (1, True)
+
+
+def test_scheduled_task_is_triggered_and_ends_with_real_pngs(registered):
+    nextcloud = registered().nextcloud
+    task_id = nextcloud.schedule({"input": "two cats", "numberOfImages": 3, "size": "256x256", "seed": 7})
+    task = nextcloud.wait_for_task(task_id, timeout=20)
+    assert task["status"] == SUCCESS, task
+    images = _images(nextcloud, task)
+    assert len(images) == 3
+    assert all(image.format == "PNG" and image.size == (256, 256) for image in images)
+    assert [image.text["Seed"] for image in images] == ["7", "8", "9"]
+    assert all(image.text["AI-Generated"] == "true" and "Prompt" not in image.text for image in images)
+    assert nextcloud.triggers
+
+
+def test_polling_picks_up_a_task_whose_trigger_was_lost(registered):
+    runner = registered(timing=replace(FAST_TIMING, poll_interval=0.5))
+    nextcloud = runner.nextcloud
+    app_url, nextcloud.app_url = nextcloud.app_url, "http://127.0.0.1:9"  # the trigger fails to connect
+    task_id = nextcloud.schedule({"input": "a lighthouse", "numberOfImages": 1})
+    nextcloud.app_url = app_url
+    assert nextcloud.wait_for_task(task_id, timeout=10)["status"] == SUCCESS
+
+
+def test_one_trigger_drains_a_queue_of_twenty(registered):
+    runner = registered()
+    nextcloud = runner.nextcloud
+    app_url, nextcloud.app_url = nextcloud.app_url, "http://127.0.0.1:9"
+    task_ids = [nextcloud.schedule({"input": f"picture {i}", "numberOfImages": 1}) for i in range(19)]
+    nextcloud.app_url = app_url
+    task_ids.append(nextcloud.schedule({"input": "the last one", "numberOfImages": 1}))
+    statuses = [nextcloud.wait_for_task(task_id, timeout=30)["status"] for task_id in task_ids]
+    assert statuses == [SUCCESS] * 20
+
+
+@pytest.mark.parametrize(
+    ("task_input", "message_part"),
+    [
+        ({"input": "", "numberOfImages": 1}, "prompt is empty"),
+        ({"input": "x", "numberOfImages": 0}, "between 1 and 12"),
+        ({"input": "x", "numberOfImages": 13}, "between 1 and 12"),
+    ],
+)
+def test_invalid_input_fails_with_a_clear_message(registered, task_input, message_part):
+    nextcloud = registered().nextcloud
+    task = nextcloud.wait_for_task(nextcloud.schedule(task_input), timeout=10)
+    assert task["status"] == FAILED
+    assert message_part in task["userFacingErrorMessage"]
+
+
+def test_size_the_backend_no_longer_supports_fails_naming_the_sizes(exapp):
+    backend = InstantBackend()
+    exapp.backends = StaticBackends(local_backend=backend)
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    app_url, nextcloud.app_url = nextcloud.app_url, "http://127.0.0.1:9"
+    task_id = nextcloud.schedule({"input": "x", "numberOfImages": 1, "size": "1024x768"})
+    backend.sizes = (ImageSize(256, 256), ImageSize(512, 512))  # e.g. the admin switched models
+    nextcloud.app_url = app_url
+    nextcloud.schedule({"input": "wake up", "numberOfImages": 1})
+    task = nextcloud.wait_for_task(task_id, timeout=10)
+    assert task["status"] == FAILED
+    assert "Supported sizes: 256x256, 512x512" in task["userFacingErrorMessage"]
+    deadline = time.monotonic() + 5  # re-registration happens on the worker's next pass, maybe after the failure
+    while _declared_sizes(nextcloud) != ["256x256", "512x512"]:
+        assert time.monotonic() < deadline, "the provider was not re-registered with the new sizes"
+        time.sleep(0.05)
+
+
+def _declared_sizes(nextcloud) -> list[str]:
+    return [value["value"] for value in nextcloud.providers[PROVIDER_ID]["optional_input_shape_enum_values"]["size"]]
+
+
+def test_text_seed_is_refused_by_nextcloud_and_a_numeric_string_count_is_coerced(registered):
+    nextcloud = registered().nextcloud
+    with pytest.raises(Exception, match="Non-numeric"):
+        nextcloud.schedule({"input": "x", "numberOfImages": 1, "seed": "abc"})
+    task = nextcloud.wait_for_task(nextcloud.schedule({"input": "x", "numberOfImages": "2"}), timeout=10)
+    assert task["status"] == SUCCESS
+    assert len(task["output"]["images"]) == 2
+
+
+def test_backend_exception_fails_the_task(exapp):
+    exapp.backends = StaticBackends(local_backend=InstantBackend(fail_with=GpuOutOfMemoryError("CUDA OOM")))
+    exapp.start()
+    exapp.nextcloud.register_app()
+    task = exapp.nextcloud.wait_for_task(exapp.nextcloud.schedule({"input": "x", "numberOfImages": 4}), timeout=10)
+    assert task["status"] == FAILED
+    assert "too large for this server's GPU" in task["userFacingErrorMessage"]
+    assert "CUDA OOM" in exapp.nextcloud.admin_task(task["id"])["errorMessage"]
+
+
+def test_unexpected_exception_fails_the_task_with_a_generic_message(exapp):
+    exapp.backends = StaticBackends(local_backend=InstantBackend(fail_with=ZeroDivisionError("boom")))
+    exapp.start()
+    exapp.nextcloud.register_app()
+    task = exapp.nextcloud.wait_for_task(exapp.nextcloud.schedule({"input": "x", "numberOfImages": 1}), timeout=10)
+    assert task["status"] == FAILED
+    assert "internal error" in task["userFacingErrorMessage"]
+    assert "ZeroDivisionError" in exapp.nextcloud.admin_task(task["id"])["errorMessage"]
+    deadline = time.monotonic() + 5  # ERROR records reach nextcloud.log through the forwarder's queue
+    while not any("unexpected error" in entry["message"] for entry in exapp.nextcloud.logs):
+        assert time.monotonic() < deadline, exapp.nextcloud.logs
+        time.sleep(0.05)
+
+
+def test_nextcloud_going_away_mid_task_and_coming_back(exapp):
+    backend = InstantBackend(steps=10, step_seconds=0.1)
+    exapp.backends = StaticBackends(local_backend=backend)
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    task_id = nextcloud.schedule({"input": "x", "numberOfImages": 2})
+    deadline = time.monotonic() + 10
+    while backend.steps_run < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    nextcloud.set_failure("refuse")
+    time.sleep(1.5)  # the generation ends while Nextcloud is down: the upload must wait and retry
+    assert backend.steps_run == 10
+    nextcloud.set_failure(None)
+    task = nextcloud.wait_for_task(task_id, timeout=20)
+    assert task["status"] == SUCCESS
+    assert len(task["output"]["images"]) == 2
+
+
+@pytest.mark.parametrize("mode", ["maintenance", "timeout"])
+def test_worker_backs_off_and_recovers_from_a_failing_nextcloud(registered, mode):
+    nextcloud = registered().nextcloud
+    nextcloud.set_failure(mode, hold_seconds=0.5)
+    time.sleep(1.0)
+    nextcloud.set_failure(None)
+    app_url, nextcloud.app_url = nextcloud.app_url, "http://127.0.0.1:9"
+    task_id = nextcloud.schedule({"input": "after the outage", "numberOfImages": 1})
+    nextcloud.app_url = app_url
+    nextcloud.schedule({"input": "wake up", "numberOfImages": 1})
+    assert nextcloud.wait_for_task(task_id, timeout=20)["status"] == SUCCESS
+
+
+def test_cancelled_task_stops_and_gets_no_progress_after_its_end(exapp):
+    backend = InstantBackend(steps=100, step_seconds=0.05)
+    exapp.backends = StaticBackends(local_backend=backend)
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    task_id = nextcloud.schedule({"input": "slow", "numberOfImages": 1})
+    deadline = time.monotonic() + 10
+    while backend.steps_run < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    nextcloud.cancel(task_id)
+    time.sleep(1.0)
+    steps = backend.steps_run
+    assert steps < 60, "the generation kept running after the cancel"
+    time.sleep(0.5)
+    assert backend.steps_run == steps
+    task = nextcloud.task(task_id)
+    assert task["status"] == "STATUS_CANCELLED"
+    assert task["output"] is None
+    next_id = nextcloud.schedule({"input": "next", "numberOfImages": 1})
+    backend.step_seconds = 0.0
+    assert nextcloud.wait_for_task(next_id, timeout=20)["status"] == SUCCESS
+
+
+def test_no_progress_is_sent_after_the_result(exapp):
+    exapp.backends = StaticBackends(local_backend=InstantBackend(steps=20, step_seconds=0.02))
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    task_id = nextcloud.schedule({"input": "x", "numberOfImages": 1})
+    assert nextcloud.wait_for_task(task_id, timeout=10)["status"] == SUCCESS
+    time.sleep(0.5)
+    paths = [request.path for request in nextcloud.requests if f"/tasks_provider/{task_id}/" in request.path]
+    assert paths[-1].endswith("/result")
+    assert any(path.endswith("/progress") for path in paths)
+    assert nextcloud.task(task_id)["status"] == SUCCESS
+
+
+def test_restart_reads_the_enabled_state_back(exapp):
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    exapp.stop()
+    calls_before = len(nextcloud.app_calls)
+    exapp.start()  # AppAPI sends nothing after a restart
+    task_id = nextcloud.schedule({"input": "after restart", "numberOfImages": 1})
+    assert nextcloud.wait_for_task(task_id, timeout=10)["status"] == SUCCESS
+    assert not [
+        call for call in nextcloud.app_calls[calls_before:] if call.target.split("?")[0] in ("/enabled", "/init")
+    ]
+
+
+def test_disable_unregisters_and_stops_claiming(registered):
+    nextcloud = registered().nextcloud
+    nextcloud.disable_app()
+    assert PROVIDER_ID not in nextcloud.providers
+    assert "admin_settings" not in nextcloud.forms
+
+
+def test_requests_without_valid_appapi_headers_get_401(registered, app_secret):
+    runner = registered()
+    url = runner.server.url
+    good = runner.nextcloud.app_headers()
+    bad = {**good, "AUTHORIZATION-APP-API": base64.b64encode(b":wrong").decode()}
+    with httpx2.Client() as client:
+        assert client.get(f"{url}/heartbeat").json() == {"status": "ok"}
+        for path, method in (("/trigger?providerId=x", "POST"), ("/enabled?enabled=1", "PUT"), ("/init", "POST")):
+            assert client.request(method, url + path).status_code == 401
+            response = client.request(method, url + path, headers=bad)
+            assert response.status_code == 401
+            assert app_secret not in response.text
+        assert client.post(f"{url}/trigger?providerId=x", headers=good).status_code == 200
+
+
+def test_shutdown_fails_the_task_in_hand(exapp):
+    backend = InstantBackend(steps=1000, step_seconds=0.05)
+    exapp.backends = StaticBackends(local_backend=backend)
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    task_id = nextcloud.schedule({"input": "endless", "numberOfImages": 1})
+    deadline = time.monotonic() + 10
+    while backend.steps_run < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    exapp.stop()
+    task = nextcloud.task(task_id)
+    assert task["status"] == FAILED
+    assert "restarted" in task["userFacingErrorMessage"]
