@@ -35,7 +35,7 @@ def instant_model(
 
 @dataclass
 class InstantBackend:
-    """Solid colours from prompt + seed; ``steps`` steps of ``step_seconds`` each; ``fail_with`` raises once per call."""
+    """Solid colours from prompt + seed, in ``steps`` steps of ``step_seconds``; ``fail_with`` raises on every call."""
 
     backend_name: str = "local"
     model_id: str = "test/instant"
