@@ -12,7 +12,7 @@ from tests.fake_nextcloud import FakeNextcloud
 from tests.instant_backend import StaticBackends
 from tests.servers import ThreadedServer, free_port
 from text2image_hub.admin import FIELD_IDS
-from text2image_hub.app import create_app
+from text2image_hub.app import BackendFactory, create_app
 from text2image_hub.service import BackendSet
 from text2image_hub.settings import Settings, load_settings
 from text2image_hub.worker import WorkerTiming
@@ -64,15 +64,17 @@ class ExAppRunner:
         self.storage = storage
         self.port = free_port()
         self.backends: BackendSet = StaticBackends()
+        self.backends_factory: BackendFactory | None = None
         self.server: ThreadedServer | None = None
 
     def start(self, *, timing: WorkerTiming = FAST_TIMING, **environ: str) -> ThreadedServer:
         settings = exapp_settings(self.nextcloud, self.storage, self.port, **environ)
         backends = self.backends
 
-        async def factory(_: Settings) -> BackendSet:
+        async def static(_: Settings) -> BackendSet:
             return backends
 
+        factory = self.backends_factory or static
         self.server = ThreadedServer(create_app(settings, backends=factory, timing=timing), port=self.port).start()
         self.nextcloud.app_url = self.server.url
         return self.server

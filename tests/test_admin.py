@@ -80,3 +80,9 @@ def test_form_fields_and_types():
     assert fields["watermark"].type.value == "checkbox"
     assert "black-forest-labs/FLUX.1-schnell" in fields["local_model"].options.values()
     assert all(field.title for field in form.fields)
+
+
+def test_empty_saved_value_falls_back_to_the_environment_default():
+    config = config_from_values({"remote_api_key": "", "backend": ""}, {"remote_api_key": "env-token"})
+    assert config.remote_api_key.get_secret_value() == "env-token"
+    assert config.backend == "local"

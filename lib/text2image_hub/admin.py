@@ -1,8 +1,8 @@
 """The admin settings: the declarative form in Nextcloud and the validated runtime configuration read per task.
 
 Every setting has one name everywhere: the form's field id, the ``RuntimeConfig`` attribute and the environment
-default ``T2I_<FIELD ID IN CAPITALS>``. A value the admin saved wins over the environment; a field never saved has
-no row in ``appconfig_ex`` and falls back to the environment default, then to the built-in default.
+default ``T2I_<FIELD ID IN CAPITALS>``. A value the admin saved wins over the environment; a field never saved (no
+row in ``appconfig_ex``) or saved empty falls back to the environment default, then to the built-in default.
 """
 
 from __future__ import annotations
@@ -94,7 +94,10 @@ FIELD_IDS: tuple[str, ...] = tuple(RuntimeConfig.model_fields)
 
 def config_from_values(saved: Mapping[str, str], defaults: Mapping[str, str]) -> RuntimeConfig:
     """Validate saved values over environment defaults; an invalid value is a ``ConfigurationError`` naming it."""
-    merged = {**defaults, **{key: value for key, value in saved.items() if key in RuntimeConfig.model_fields}}
+    # An empty saved value means "not set": the sensitive keys are created empty on enable, and the form's
+    # empty choices ("the model's default", …) mean the default too.
+    chosen = {key: value for key, value in saved.items() if key in RuntimeConfig.model_fields and value != ""}
+    merged = {**defaults, **chosen}
     try:
         return RuntimeConfig.model_validate(merged)
     except ValidationError as exc:

@@ -40,6 +40,22 @@ def _size_label(size: ImageSize) -> str:
     return f"{size.width} × {size.height} ({shape})"
 
 
+def unconfigured_model() -> ModelInfo:
+    """What the provider declares while the admin settings are incomplete (tasks then fail with a clear message)."""
+    sizes = (ImageSize(1024, 1024), ImageSize(768, 768), ImageSize(512, 512))
+    return ModelInfo(
+        id="not configured",
+        backend="not configured",
+        sizes=sizes,
+        default_size=sizes[0],
+        steps=None,
+        default_guidance=None,
+        supports_negative_prompt=False,
+        max_images_per_request=MAX_IMAGES_PER_TASK,
+        seconds_per_image=10.0,
+    )
+
+
 def provider_declaration(
     model: ModelInfo, default_size: ImageSize, *, fallback: bool = False
 ) -> TaskProcessingProvider:

@@ -22,13 +22,14 @@ from nc_py_api.ex_app.providers.task_processing import TaskProcessingProvider
 from .admin import ConfigReader, RuntimeConfig
 from .backends import GenerationControl
 from .errors import (
+    BackendUnavailableError,
     ConfigurationError,
     GenerationCancelledError,
     NextcloudUnavailableError,
     Text2ImageError,
 )
 from .nextcloud import STATUS_CANCELLED, STATUS_GONE, ClaimedTask
-from .provider import PROVIDER_ID, ProviderRegistration, TaskInput, provider_declaration
+from .provider import PROVIDER_ID, ProviderRegistration, TaskInput, provider_declaration, unconfigured_model
 from .service import GenerationResult, GenerationSpec, ImageService
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,11 @@ class TaskWorker:
         self._wake.clear()
 
     async def _declaration(self, config: RuntimeConfig) -> TaskProcessingProvider:
-        model = await self._service.primary_model(config)
+        try:
+            model = await self._service.primary_model(config)
+        except (ConfigurationError, BackendUnavailableError) as exc:
+            logger.warning("provider declared without a model until this is fixed: %s", exc)
+            model = unconfigured_model()
         chosen = config.default_size
         default = chosen if chosen is not None and chosen in model.sizes else model.default_size
         return provider_declaration(model, default, fallback=config.backend == "local_then_remote")
