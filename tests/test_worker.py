@@ -47,6 +47,8 @@ def test_scheduled_task_is_triggered_and_ends_with_real_pngs(registered):
     assert [image.text["Seed"] for image in images] == ["7", "8", "9"]
     assert all(image.text["AI-Generated"] == "true" and "Prompt" not in image.text for image in images)
     assert nextcloud.triggers
+    metrics = httpx2.get(f"{nextcloud.app_url}/metrics").text
+    assert 't2i_images_generated_total{backend="local",source="task"} 3.0' in metrics
 
 
 def test_polling_picks_up_a_task_whose_trigger_was_lost(registered):

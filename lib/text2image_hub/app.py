@@ -14,9 +14,11 @@ from fastapi.responses import JSONResponse
 from nc_py_api.ex_app.ui.settings import SettingsForm
 
 from .admin import FORM_ID, SENSITIVE_FIELDS, ConfigReader, settings_form
+from .api import ApiState, install_api
 from .auth import appapi_user
 from .errors import ConfigurationError, NextcloudUnavailableError, Text2ImageError
-from .nextcloud import NextcloudGateway
+from .metrics import Metrics
+from .nextcloud import NextcloudGateway, NextcloudLogForwarder
 from .service import BackendSet, ImageService
 from .settings import Settings
 from .worker import TaskWorker, WorkerTiming
@@ -42,6 +44,7 @@ class Hub:
     service: ImageService
     config: ConfigReader
     exapp: ExAppParts | None
+    api: ApiState
 
     def nextcloud(self) -> ExAppParts:
         if self.exapp is None:
@@ -90,9 +93,18 @@ def create_app(
         service = ImageService(backend_set, settings.app_version)
         gateway = None if settings.standalone else NextcloudGateway(settings)
         config = ConfigReader(gateway.config_values if gateway else None, settings.config_defaults)
-        worker = TaskWorker(gateway, service, config, timing) if gateway else None
-        hub = Hub(settings, service, config, ExAppParts(gateway, worker) if gateway and worker else None)
+        metrics = Metrics()
+        worker = TaskWorker(gateway, service, config, timing, metrics) if gateway else None
+        if worker is not None:
+            metrics.track_tasks_in_progress(lambda: worker.busy)
+        api = ApiState.create(settings, metrics)
+        hub = Hub(settings, service, config, ExAppParts(gateway, worker) if gateway and worker else None, api)
         background = [asyncio.create_task(_warm_up(hub), name="warm-up")]
+        background.append(asyncio.create_task(api.run_sweeper(), name="image-sweeper"))
+        forwarder = NextcloudLogForwarder(gateway, asyncio.get_running_loop()) if gateway else None
+        if forwarder is not None:
+            logging.getLogger("text2image_hub").addHandler(forwarder)
+            background.append(asyncio.create_task(forwarder.run(), name="log-forwarder"))
         if worker is not None:
             background.append(asyncio.create_task(worker.run(), name="task-worker"))
         try:
@@ -100,6 +112,8 @@ def create_app(
         finally:
             if worker is not None:
                 await worker.shutdown()
+            if forwarder is not None:
+                logging.getLogger("text2image_hub").removeHandler(forwarder)
             for job in background:
                 job.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -118,6 +132,7 @@ def create_app(
     async def heartbeat() -> dict[str, str]:
         return {"status": "ok"}
 
+    install_api(app)
     if not settings.standalone:
         _add_lifecycle_routes(app)
     return app
@@ -200,4 +215,3 @@ def _form() -> SettingsForm:
     specs = local_models()
     sizes = sorted({str(size) for spec in specs for size in spec.sizes}, key=lambda s: tuple(map(int, s.split("x"))))
     return settings_form(tuple(spec.id for spec in specs), tuple(sizes))
-

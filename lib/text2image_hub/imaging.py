@@ -70,19 +70,21 @@ class Provenance:
 
 
 def add_watermark(image: Image.Image) -> Image.Image:
-    """A small, semi-transparent "AI-generated" label in the bottom-right corner."""
-    base = image.convert("RGBA")
-    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(overlay)
+    """A small, semi-transparent "AI-generated" label in the bottom-right corner (only that corner is composited)."""
+    base = image.convert("RGB") if image.mode != "RGB" else image.copy()
     font_size = max(10, min(base.size) // 40)
     font = ImageFont.load_default(size=font_size)
-    left, top, right, bottom = draw.textbbox((0, 0), WATERMARK_TEXT, font=font)
+    left, top, right, bottom = ImageDraw.Draw(base).textbbox((0, 0), WATERMARK_TEXT, font=font)
     pad = max(2, font_size // 3)
-    box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
-    x0, y0 = base.width - box_w - pad, base.height - box_h - pad
-    draw.rounded_rectangle((x0, y0, x0 + box_w, y0 + box_h), radius=pad, fill=(0, 0, 0, 90))
-    draw.text((x0 + pad - left, y0 + pad - top), WATERMARK_TEXT, font=font, fill=(255, 255, 255, 200))
-    return Image.alpha_composite(base, overlay).convert("RGB")
+    box_w, box_h = int(right - left) + 2 * pad, int(bottom - top) + 2 * pad
+    x0, y0 = max(0, base.width - box_w - pad), max(0, base.height - box_h - pad)
+    corner = base.crop((x0, y0, x0 + box_w, y0 + box_h)).convert("RGBA")
+    overlay = Image.new("RGBA", corner.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    draw.rounded_rectangle((0, 0, box_w - 1, box_h - 1), radius=pad, fill=(0, 0, 0, 90))
+    draw.text((pad - left, pad - top), WATERMARK_TEXT, font=font, fill=(255, 255, 255, 200))
+    base.paste(Image.alpha_composite(corner, overlay).convert("RGB"), (x0, y0))
+    return base
 
 
 def encode_png(image: Image.Image, provenance: Provenance, *, watermark: bool) -> bytes:
@@ -95,5 +97,5 @@ def encode_png(image: Image.Image, provenance: Provenance, *, watermark: bool) -
     for key, value in provenance.text_chunks().items():
         info.add_itxt(key, value)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info, compress_level=4)
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=1)  # fast: encoding is on the hot path
     return buffer.getvalue()

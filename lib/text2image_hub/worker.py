@@ -28,6 +28,7 @@ from .errors import (
     NextcloudUnavailableError,
     Text2ImageError,
 )
+from .metrics import Metrics
 from .nextcloud import STATUS_CANCELLED, STATUS_GONE, ClaimedTask
 from .provider import PROVIDER_ID, ProviderRegistration, TaskInput, provider_declaration, unconfigured_model
 from .service import GenerationResult, GenerationSpec, ImageService
@@ -93,8 +94,10 @@ class TaskWorker:
         service: ImageService,
         config: ConfigReader,
         timing: WorkerTiming | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._gateway = gateway
+        self._metrics = metrics or Metrics()
         self._service = service
         self._config = config
         self._timing = timing or WorkerTiming()
@@ -203,16 +206,20 @@ class TaskWorker:
                 watermark=task.include_watermark,
                 source="task",
             )
+            self._metrics.generation_started("task")
             result = await self._service.generate(spec, config, control)
+            self._metrics.generation_finished("task", result.backend, len(result.images), result.seconds)
             await progress.stop()
             await self._deliver(task, result)
-        except GenerationCancelledError:
+        except GenerationCancelledError as exc:
+            self._metrics.generation_failed("task", exc.code)
             await progress.stop()
             if self._stopping:
                 await self._fail(task, "generation stopped by a shutdown of the ExApp", SHUTDOWN_MESSAGE)
             else:
                 logger.info("task %d cancelled by the user; work stopped", task.id)
         except Text2ImageError as exc:
+            self._metrics.generation_failed("task", exc.code)
             await progress.stop()
             logger.warning("task %d failed: %s", task.id, exc)
             if isinstance(exc, ConfigurationError):
@@ -223,6 +230,7 @@ class TaskWorker:
             await asyncio.shield(self._fail(task, "the ExApp stopped while the task ran", SHUTDOWN_MESSAGE))
             raise
         except Exception as exc:  # the per-task boundary: no task is ever left RUNNING
+            self._metrics.generation_failed("task", "INTERNAL_ERROR")
             await progress.stop()
             logger.exception("task %d failed with an unexpected error", task.id)
             await self._fail(task, f"internal error: {type(exc).__name__}: {exc}", INTERNAL_ERROR_MESSAGE)

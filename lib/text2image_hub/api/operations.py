@@ -1,0 +1,50 @@
+"""Operations endpoints: liveness, readiness and Prometheus metrics.
+
+They are not declared as AppAPI routes, so they are reachable only on the app's own port (for the container
+health check and a metrics scraper), never through Nextcloud; they need no authentication and reveal no secrets.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..errors import Text2ImageError
+from .state import ApiHub
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the configured backend can take work",
+    responses={503: {"description": "Not ready (model loading, backend missing, or configuration invalid)."}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    hub: ApiHub = request.state.hub
+    try:
+        config = await hub.config.load()
+    except Text2ImageError as exc:
+        return JSONResponse({"status": "not ready", "reason": exc.code}, status_code=503)
+    if not hub.service.backends.ready(config):
+        return JSONResponse(
+            {"status": "not ready", "reason": "BACKEND_NOT_READY", "backend": config.backend}, status_code=503
+        )
+    return JSONResponse({"status": "ready", "backend": config.backend})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Text format 0.0.4."}},
+)
+async def metrics(request: Request) -> Response:
+    hub: ApiHub = request.state.hub
+    body, content_type = hub.api.metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,54 @@
+"""``ApiState``: what the /v1 routes keep between requests (metrics, url images, limiter, result cache).
+
+Built once per app in the lifespan and reached through ``hub.api``; nothing here is module-level.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..admin import ConfigReader
+from ..metrics import Metrics
+from ..service import ImageService
+from ..settings import Settings
+from .images import ImageStore
+from .limits import CallerLimiter, ResultCache
+
+IMAGES_FOLDER = "images"
+
+
+@dataclass(frozen=True)
+class ApiState:
+    metrics: Metrics
+    images: ImageStore
+    limiter: CallerLimiter = field(default_factory=CallerLimiter)
+    cache: ResultCache = field(default_factory=ResultCache)
+    started: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def create(cls, settings: Settings, metrics: Metrics | None = None) -> ApiState:
+        images = ImageStore(settings.persistent_storage / IMAGES_FOLDER, float(settings.image_ttl))
+        return cls(metrics=metrics or Metrics(), images=images)
+
+    async def run_sweeper(self) -> None:
+        """Delete expired url images now and then every TTL/4 (at most every 5 min) until cancelled."""
+        interval = min(300.0, max(1.0, self.images.ttl / 4))
+        await self.images.sweep_periodically(interval, self.metrics.set_stored_images)
+
+
+class ApiHub(Protocol):
+    """What the /v1 routes need from the app's ``Hub`` (``app.Hub`` satisfies it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def service(self) -> ImageService: ...
+
+    @property
+    def config(self) -> ConfigReader: ...
+
+    @property
+    def api(self) -> ApiState: ...
