@@ -45,8 +45,12 @@ check: lint ## lint + mypy --strict
 test: check ## all checks: ruff, mypy --strict, pytest
 	$(BIN)/pytest
 
-bench: $(STAMP) ## run the benchmarks (bench/*.py) and print their figures
-	@for script in bench/*.py; do echo "== $$script"; PYTHONPATH=. $(BIN)/python $$script || exit 1; done
+bench: $(STAMP) ## run the benchmarks and print their figures (bench/local.py --device cuda on a GPU)
+	PYTHONPATH=. $(BIN)/python bench/core.py
+	PYTHONPATH=. $(BIN)/python bench/remote.py --check
+	PYTHONPATH=. $(BIN)/python bench/api.py
+	PYTHONPATH=. $(BIN)/python bench/footprint.py --check
+	PYTHONPATH=. $(BIN)/python bench/local.py --quick
 
 docker-build: ## build the CPU and CUDA images, tagged <version>-cpu / <version>-cuda
 	docker build --build-arg FLAVOUR=cpu --build-arg VERSION=$(APP_VERSION) -t $(IMAGE):$(APP_VERSION)-cpu -t $(IMAGE):$(APP_VERSION) .

@@ -1,4 +1,5 @@
 import pytest
+from nc_py_api.ex_app.ui.settings import SettingsField
 
 from text2image_hub.admin import FIELD_IDS, FORM_ID, SENSITIVE_FIELDS, ConfigReader, config_from_values, settings_form
 from text2image_hub.errors import ConfigurationError
@@ -64,6 +65,11 @@ async def test_config_reader_standalone_uses_environment_only():
     assert config.backend == "remote"
 
 
+def _options(field: SettingsField) -> list[object]:
+    assert isinstance(field.options, dict)
+    return list(field.options.values())
+
+
 def test_form_fields_and_types():
     form = settings_form(("black-forest-labs/FLUX.1-schnell",), ("512x512", "1024x1024"))
     assert form.id == FORM_ID
@@ -72,13 +78,13 @@ def test_form_fields_and_types():
     fields = {field.id: field for field in form.fields}
     assert set(fields) == set(FIELD_IDS)
     assert fields["backend"].type.value == "select"
-    assert set(fields["backend"].options.values()) == {"local", "remote", "local_then_remote"}
-    assert set(fields["remote_preset"].options.values()) == {"ionos", "openai", "custom"}
+    assert set(_options(fields["backend"])) == {"local", "remote", "local_then_remote"}
+    assert set(_options(fields["remote_preset"])) == {"ionos", "openai", "custom"}
     for secret in SENSITIVE_FIELDS:
         assert fields[secret].type.value == "password"
         assert fields[secret].sensitive is True
     assert fields["watermark"].type.value == "checkbox"
-    assert "black-forest-labs/FLUX.1-schnell" in fields["local_model"].options.values()
+    assert "black-forest-labs/FLUX.1-schnell" in _options(fields["local_model"])
     assert all(field.title for field in form.fields)
 
 

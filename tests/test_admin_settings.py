@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import replace
+from typing import Any
 
-from PIL import Image
+from PIL.PngImagePlugin import PngImageFile
 
 from tests.conftest import FAST_TIMING
+from tests.fake_nextcloud import FakeNextcloud
 from tests.instant_backend import InstantBackend, StaticBackends
+from tests.pngs import open_png
 from text2image_hub.provider import PROVIDER_ID
 
 SUCCESS = "STATUS_SUCCESSFUL"
 FAILED = "STATUS_FAILED"
 
 
-def _first_png(nextcloud, task: dict) -> Image.Image:
-    return Image.open(io.BytesIO(nextcloud.file(task["id"], task["output"]["images"][0])))
+def _first_png(nextcloud, task: dict[str, Any]) -> PngImageFile:
+    return open_png(nextcloud.file(task["id"], task["output"]["images"][0]))
 
 
-def _run(nextcloud, task_input: dict) -> dict:
+def _run(nextcloud: FakeNextcloud, task_input: dict[str, Any]) -> dict[str, Any]:
     return nextcloud.wait_for_task(nextcloud.schedule(task_input), timeout=15)
 
 

@@ -1,8 +1,8 @@
-import io
-
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngImageFile
 
+from tests.pngs import open_png
 from text2image_hub.errors import InvalidRequestError
 from text2image_hub.imaging import ImageSize, Provenance, encode_png
 
@@ -20,10 +20,10 @@ def test_size_parse_rejects_garbage(text):
     assert caught.value.code == "INVALID_SIZE"
 
 
-def _png(watermark: bool, prompt: str | None = None) -> Image.Image:
+def _png(watermark: bool, prompt: str | None = None) -> PngImageFile:
     image = Image.new("RGB", (256, 128), (10, 20, 30))
     provenance = Provenance("m/model", "local", 42, ImageSize(256, 128), "1.0.0", prompt)
-    return Image.open(io.BytesIO(encode_png(image, provenance, watermark=watermark)))
+    return open_png(encode_png(image, provenance, watermark=watermark))
 
 
 def test_png_carries_provenance_without_prompt():

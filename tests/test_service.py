@@ -1,9 +1,7 @@
-import io
-
 import pytest
-from PIL import Image
 
 from tests.instant_backend import InstantBackend, StaticBackends
+from tests.pngs import open_png
 from text2image_hub.admin import config_from_values
 from text2image_hub.backends import GenerationControl
 from text2image_hub.errors import (
@@ -30,7 +28,7 @@ async def test_generate_makes_pngs_with_metadata_and_seeds():
     assert result.seeds == (5, 6)
     assert (result.backend, result.model) == ("local", "test/instant")
     for rendered in result.images:
-        image = Image.open(io.BytesIO(rendered.png))
+        image = open_png(rendered.png)
         assert image.size == (256, 256)
         assert image.text["Seed"] == str(rendered.seed)
 
@@ -84,7 +82,7 @@ async def test_failover_runs_on_remote_when_local_fails():
     assert result.backend == "remote"
     assert len(local.calls) == 1
     assert len(remote.calls) == 1
-    assert Image.open(io.BytesIO(result.images[0].png)).text["Backend"] == "remote"
+    assert open_png(result.images[0].png).text["Backend"] == "remote"
 
 
 async def test_failover_does_not_hide_bad_input():

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import base64
-import io
 import time
 from dataclasses import replace
+from typing import Any
 
 import httpx2
 import pytest
-from PIL import Image
+from PIL.PngImagePlugin import PngImageFile
 
 from tests.conftest import FAST_TIMING
 from tests.instant_backend import InstantBackend, StaticBackends
+from tests.pngs import open_png
 from text2image_hub.errors import GpuOutOfMemoryError
 from text2image_hub.imaging import ImageSize
 from text2image_hub.provider import PROVIDER_ID
@@ -21,8 +22,8 @@ SUCCESS = "STATUS_SUCCESSFUL"
 FAILED = "STATUS_FAILED"
 
 
-def _images(nextcloud, task: dict) -> list[Image.Image]:
-    return [Image.open(io.BytesIO(nextcloud.file(task["id"], file_id))) for file_id in task["output"]["images"]]
+def _images(nextcloud, task: dict[str, Any]) -> list[PngImageFile]:
+    return [open_png(nextcloud.file(task["id"], file_id)) for file_id in task["output"]["images"]]
 
 
 def test_enable_registers_the_provider_and_the_form(registered):

@@ -1,0 +1,428 @@
+"""The local backend: one diffusers pipeline on one GPU (or the CPU), one generation at a time.
+
+Diffusers pipelines are not thread-safe, and a GPU runs one generation well rather than two badly: every call into
+the pipeline (loading included) runs on the backend's single worker thread, behind an asyncio lock, so the event loop
+keeps answering while an image is made. Progress comes from the pipeline's step callback; a cancelled generation is
+stopped from that callback before the next step (and before the VAE decode). Seeds give one CPU
+``torch.Generator`` per image, so the same seed, prompt, size and settings make the same image on the same device.
+
+Loading: bf16 (FLUX) or fp16 (SDXL) on CUDA, fp32 on the CPU; when the GPU has less free memory than the model
+needs, model CPU offload moves one component at a time to the GPU. Speed-ups are opt-in (``LOCAL_SPEEDUPS``).
+
+This module imports torch and diffusers: import it only when the local backend is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+from ..errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    GenerationCancelledError,
+    GenerationError,
+    GpuOutOfMemoryError,
+    InvalidRequestError,
+)
+from ..imaging import ImageSize, sizes_text
+from . import GeneratedImage, GenerationControl, GenerationRequest, ModelInfo
+from .catalog import LocalModelSpec, check_speedups
+
+logger = logging.getLogger(__name__)
+
+GIB = 1024**3
+MAX_BATCH = 4
+"""At most this many images share one pipeline call (batching gains little beyond, and delays the first image)."""
+TILING_PIXELS = 1024 * 1024
+"""Above this many pixels the VAE decodes in tiles, which bounds its memory."""
+_DENOISE_SHARE = 0.97
+"""The part of the progress bar the denoising steps fill; the VAE decode fills the rest."""
+_MEMORY_HEADROOM = 0.9
+_LOAD_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, ImportError)
+
+
+class _Interrupted(Exception):
+    """Raised from the step callback to leave a cancelled pipeline call at once."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigurationError(
+            f"Unknown device {device[:40]!r}: use auto, cpu, cuda or cuda:N.", field="local_device"
+        ) from exc
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type != "cuda":
+        raise ConfigurationError(
+            f"Unsupported device {device[:40]!r}: use auto, cpu, cuda or cuda:N.", field="local_device"
+        )
+    if not torch.cuda.is_available():
+        raise ConfigurationError(f"Device {name} was asked for, but CUDA is not available.", field="local_device")
+    if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ConfigurationError(
+            f"Device {name} does not exist: this machine has {torch.cuda.device_count()} GPU(s).", field="local_device"
+        )
+    return resolved
+
+
+def _variant_on_disk(model_dir: Path, variant: str | None) -> str | None:
+    """The spec's variant when its files are there (hub downloads); ``None`` for plain ``save_pretrained`` folders."""
+    if variant is None:
+        return None
+    return variant if any(model_dir.glob(f"*/*.{variant}*.safetensors")) else None
+
+
+def _check_fp8(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise ConfigurationError("The fp8 speed-up needs a CUDA GPU.", field="local_speedups")
+    if torch.cuda.get_device_capability(device) < (8, 9):
+        raise ConfigurationError(
+            "The fp8 speed-up needs a GPU with compute capability 8.9 or newer (Ada, Hopper).", field="local_speedups"
+        )
+    try:
+        import torchao  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError("The fp8 speed-up needs the torchao package.", field="local_speedups") from exc
+
+
+def _quantize_fp8(module: torch.nn.Module) -> None:
+    from torchao.quantization import quantize_
+
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
+
+        config: Any = Float8DynamicActivationFloat8WeightConfig()
+    except ImportError:  # torchao before 0.9 names it as a function
+        from torchao.quantization import float8_dynamic_activation_float8_weight
+
+        config = float8_dynamic_activation_float8_weight()
+    quantize_(module, config)
+
+
+def _apply_speedups(pipe: Any, spec: LocalModelSpec, speedups: frozenset[str], device: torch.device) -> None:
+    denoiser = getattr(pipe, spec.denoiser)
+    if "fuse_qkv" in speedups:
+        denoiser.fuse_qkv_projections()
+    if "channels_last" in speedups:
+        if spec.denoiser == "unet":  # a transformer has no convolutions to speed up
+            denoiser.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if "fp8" in speedups:
+        _quantize_fp8(denoiser)
+    if "compile" in speedups:
+        if spec.denoiser == "transformer":
+            # regional compilation: the same speed as compiling the whole transformer, in a fraction of the time
+            denoiser.compile_repeated_blocks(fullgraph=True)
+        else:
+            denoiser.compile(fullgraph=True)
+    logger.info("Speed-ups for %s on %s: %s", spec.id, device, ", ".join(sorted(speedups)) or "none")
+
+
+def _load_pipeline(
+    spec: LocalModelSpec, model_dir: Path, device: torch.device, speedups: frozenset[str]
+) -> tuple[Any, bool]:
+    """Load on the worker thread; return the pipeline and whether model CPU offload is on."""
+    dtype = getattr(torch, spec.cuda_dtype) if device.type == "cuda" else torch.float32
+    start = time.perf_counter()
+    if not (model_dir / "model_index.json").is_file():
+        raise BackendUnavailableError(f"No diffusers weights (model_index.json) for {spec.id} in {model_dir}.")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+            str(model_dir), dtype=dtype, variant=_variant_on_disk(model_dir, spec.variant), local_files_only=True
+        )
+    except _LOAD_ERRORS as exc:
+        raise BackendUnavailableError(f"Loading {spec.id} from {model_dir} failed: {exc}") from exc
+    if type(pipe).__name__ != spec.pipeline_class:
+        raise ConfigurationError(
+            f"{model_dir} holds a {type(pipe).__name__}, not the {spec.pipeline_class} of {spec.id}.",
+            field="local_model",
+        )
+    pipe.set_progress_bar_config(disable=True)
+    offloaded = False
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        if free < spec.memory_gb * GIB:
+            if free < spec.offload_memory_gb * GIB:
+                logger.warning(
+                    "%s needs about %.0f GB of GPU memory even with CPU offload; %s has %.1f GB free of %.1f GB",
+                    spec.id,
+                    spec.offload_memory_gb,
+                    device,
+                    free / GIB,
+                    total / GIB,
+                )
+            pipe.enable_model_cpu_offload(device=device)
+            offloaded = True
+        else:
+            pipe.to(device)
+    _apply_speedups(pipe, spec, speedups, device)
+    logger.info(
+        "Loaded %s on %s in %s (CPU offload: %s) in %.1f s",
+        spec.id,
+        device,
+        str(dtype).removeprefix("torch."),
+        offloaded,
+        time.perf_counter() - start,
+    )
+    return pipe, offloaded
+
+
+class LocalBackend:
+    """A loaded diffusers pipeline behind the ``Backend`` protocol. Build it with ``await LocalBackend.load(...)``."""
+
+    def __init__(
+        self,
+        spec: LocalModelSpec,
+        pipe: Any,
+        device: torch.device,
+        executor: ThreadPoolExecutor,
+        *,
+        offloaded: bool,
+        max_batch: int | None,
+    ) -> None:
+        self._spec = spec
+        self._pipe = pipe
+        self._device = device
+        self._executor = executor
+        self._offloaded = offloaded
+        self._max_batch = max_batch
+        self._lock = asyncio.Lock()
+        self._tiling = False
+        self._closed = False
+
+    @classmethod
+    async def load(
+        cls,
+        spec: LocalModelSpec,
+        model_dir: Path,
+        *,
+        device: str = "auto",
+        speedups: frozenset[str] = frozenset(),
+        max_batch: int | None = None,
+    ) -> LocalBackend:
+        """Load ``spec``'s pipeline from ``model_dir`` (no network) onto ``device``.
+
+        ``max_batch`` caps how many images share one pipeline call; ``None`` decides from free GPU memory (and
+        makes images one by one on the CPU, where batching gains nothing).
+        """
+        chosen = check_speedups(speedups)
+        target = resolve_device(device)
+        if "fp8" in chosen:
+            _check_fp8(target)
+        if max_batch is not None and max_batch < 1:
+            raise ConfigurationError(f"max_batch must be at least 1, not {max_batch}.", field="local_max_batch")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2i-local")
+        loop = asyncio.get_running_loop()
+        try:
+            pipe, offloaded = await loop.run_in_executor(executor, _load_pipeline, spec, model_dir, target, chosen)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        backend = cls(spec, pipe, target, executor, offloaded=offloaded, max_batch=max_batch)
+        if "compile" in chosen:
+            start = time.perf_counter()
+            request = GenerationRequest(prompt="warm-up", size=spec.default_size, seeds=(0,))
+            await backend.generate(request, GenerationControl())
+            logger.info("Compiled %s in %.1f s", spec.id, time.perf_counter() - start)
+        return backend
+
+    @property
+    def name(self) -> str:
+        return "local"
+
+    @property
+    def model(self) -> ModelInfo:
+        return self._spec.model_info(self._device.type)
+
+    @property
+    def spec(self) -> LocalModelSpec:
+        return self._spec
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether model CPU offload is on (the GPU had too little free memory for the whole pipeline)."""
+        return self._offloaded
+
+    @property
+    def pipeline(self) -> Any:
+        """The diffusers pipeline (for benchmarks and tests; call it only through ``generate``)."""
+        return self._pipe
+
+    def check(self, request: GenerationRequest) -> None:
+        """Reject what this model cannot do, with the message a user needs to fix the request."""
+        spec = self._spec
+        if request.size not in spec.sizes:
+            raise InvalidRequestError(
+                f"Size {request.size} is not supported by {spec.id}; supported sizes: {sizes_text(spec.sizes)}.",
+                code="INVALID_SIZE",
+                param="size",
+            )
+        if request.steps is not None and not spec.steps.minimum <= request.steps <= spec.steps.maximum:
+            raise InvalidRequestError(
+                f"{spec.id} takes {spec.steps.minimum} to {spec.steps.maximum} steps, not {request.steps}.",
+                code="INVALID_STEPS",
+                param="steps",
+            )
+        if request.guidance_scale is not None and not 0.0 <= request.guidance_scale <= spec.max_guidance:
+            if spec.max_guidance == 0.0:
+                message = f"{spec.id} is guidance-distilled and takes no guidance scale."
+                code = "UNSUPPORTED_PARAMETER"
+            else:
+                message = f"{spec.id} takes a guidance scale from 0 to {spec.max_guidance}."
+                code = "INVALID_GUIDANCE"
+            raise InvalidRequestError(message, code=code, param="guidance_scale")
+        if request.negative_prompt and not spec.supports_negative_prompt:
+            raise InvalidRequestError(
+                f"{spec.id} does not support a negative prompt.", code="UNSUPPORTED_PARAMETER", param="negative_prompt"
+            )
+
+    async def generate(self, request: GenerationRequest, control: GenerationControl) -> list[GeneratedImage]:
+        self.check(request)
+        async with self._lock:
+            if self._closed:
+                raise BackendUnavailableError("The local backend is closed.")
+            control.raise_if_cancelled()
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._executor, self._generate, request, control)
+            try:
+                return await future
+            except asyncio.CancelledError:
+                control.cancel()  # nobody waits for these images any more: stop the thread at the next step
+                raise
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._release)
+            await asyncio.to_thread(self._executor.shutdown)
+
+    def _release(self) -> None:
+        self._pipe = None
+        gc.collect()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _batch_size(self, request: GenerationRequest) -> int:
+        """How many images one pipeline call makes: as many as free GPU memory holds, up to ``MAX_BATCH``."""
+        if self._max_batch is not None:
+            return min(self._max_batch, request.count)
+        if self._device.type != "cuda" or self._offloaded:
+            return 1
+        free, _total = torch.cuda.mem_get_info(self._device)
+        per_image = self._spec.image_memory_gb * GIB * request.size.pixels / self._spec.default_size.pixels
+        fits = int(free * _MEMORY_HEADROOM // per_image)
+        return max(1, min(request.count, MAX_BATCH, fits))
+
+    def _set_vae_tiling(self, size: ImageSize) -> None:
+        wanted = self._offloaded or size.pixels > TILING_PIXELS
+        if wanted != self._tiling:
+            if wanted:
+                self._pipe.vae.enable_tiling()
+            else:
+                self._pipe.vae.disable_tiling()
+            self._tiling = wanted
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _generate(self, request: GenerationRequest, control: GenerationControl) -> list[GeneratedImage]:
+        """Runs on the worker thread."""
+        start = time.perf_counter()
+        steps = request.steps if request.steps is not None else self._spec.steps.default
+        guidance = request.guidance_scale if request.guidance_scale is not None else self._spec.default_guidance
+        self._set_vae_tiling(request.size)
+        batch = self._batch_size(request)
+        images: list[GeneratedImage] = []
+        while len(images) < request.count:
+            control.raise_if_cancelled()
+            seeds = request.seeds[len(images) : len(images) + batch]
+            try:
+                made = self._call_pipeline(request, seeds, steps, guidance, control, done=len(images))
+            except torch.cuda.OutOfMemoryError as exc:
+                self._free_memory()
+                if batch > 1:
+                    logger.warning("Out of GPU memory at %d images of %s; going on one by one", batch, request.size)
+                    batch = 1
+                    continue
+                raise GpuOutOfMemoryError(
+                    f"The GPU ran out of memory making a {request.size} image with {self._spec.id} on {self._device}."
+                ) from exc
+            images.extend(GeneratedImage(image=image, seed=seed) for image, seed in zip(made, seeds, strict=True))
+            control.report_progress(len(images) / request.count)
+        logger.debug(
+            "Made %d image(s) of %s in %d step(s), batch %d, in %.2f s",
+            request.count,
+            request.size,
+            steps,
+            batch,
+            time.perf_counter() - start,
+        )
+        return images
+
+    def _call_pipeline(
+        self,
+        request: GenerationRequest,
+        seeds: tuple[int, ...],
+        steps: int,
+        guidance: float,
+        control: GenerationControl,
+        *,
+        done: int,
+    ) -> list[Any]:
+        total_steps = request.count * steps
+
+        def on_step_end(_pipe: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            finished = done * steps + (step + 1) * len(seeds)
+            control.report_progress(_DENOISE_SHARE * finished / total_steps)
+            if control.cancelled:
+                raise _Interrupted
+            return callback_kwargs
+
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "height": request.size.height,
+            "width": request.size.width,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "num_images_per_prompt": len(seeds),
+            "generator": [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds],
+            "output_type": "pil",
+            "callback_on_step_end": on_step_end,
+        }
+        if self._spec.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = self._spec.max_sequence_length
+        if request.negative_prompt:
+            kwargs["negative_prompt"] = request.negative_prompt
+        try:
+            output = self._pipe(**kwargs)
+        except _Interrupted as exc:
+            self._pipe.maybe_free_model_hooks()
+            raise GenerationCancelledError("generation cancelled by the user") from exc
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (RuntimeError, ValueError) as exc:
+            raise GenerationError(f"{self._spec.id} failed to make the image: {exc}") from exc
+        return list(output.images)

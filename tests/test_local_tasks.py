@@ -1,0 +1,54 @@
+"""The local backend end to end: a tiny SDXL pipeline on disk, loaded by the app's own loading code, driven by the
+real worker against the fake Nextcloud."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.pngs import open_png
+from tests.tiny_models import save_tiny_sdxl, tiny_sdxl_spec
+from text2image_hub.admin import RuntimeConfig
+from text2image_hub.backends.catalog import LocalModelSpec
+from text2image_hub.backends.registry import Backends
+from text2image_hub.settings import Settings
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
+]
+
+
+class TinyBackends(Backends):
+    """The real backends; the catalog's SDXL entry is cut to the tiny pipeline's sizes."""
+
+    def local_spec(self, config: RuntimeConfig) -> LocalModelSpec:
+        return tiny_sdxl_spec()
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl")
+
+
+def test_task_runs_on_the_tiny_local_pipeline(exapp, tiny_sdxl_dir):
+    async def factory(settings: Settings) -> Backends:
+        return TinyBackends(settings)
+
+    exapp.backends_factory = factory
+    exapp.start(T2I_MODEL_PATH=str(tiny_sdxl_dir), T2I_BACKEND="local")
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()  # /init loads the model from T2I_MODEL_PATH: no download
+    assert nextcloud.init_progress == 100
+    provider = nextcloud.providers["text2image_hub"]
+    assert [v["value"] for v in provider["optional_input_shape_enum_values"]["size"]] == ["32x32", "64x32"]
+    task_id = nextcloud.schedule({"input": "a red square", "numberOfImages": 2, "size": "64x32", "seed": 5})
+    task = nextcloud.wait_for_task(task_id, timeout=120)
+    assert task["status"] == "STATUS_SUCCESSFUL", task
+    images = [open_png(nextcloud.file(task_id, file_id)) for file_id in task["output"]["images"]]
+    assert [image.size for image in images] == [(64, 32), (64, 32)]
+    assert [image.text["Seed"] for image in images] == ["5", "6"]
+    assert images[0].text["Model"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert images[0].text["Backend"] == "local"
+    assert len(nextcloud.progress_history[task_id]) >= 1
