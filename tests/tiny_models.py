@@ -7,8 +7,10 @@ a byte-level vocabulary (CLIP) and a small unigram vocabulary (T5), so nothing i
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import string
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +238,20 @@ def tiny_sdxl_spec() -> LocalModelSpec:
         default_size=TINY_SDXL_SIZES[0],
         steps=StepRange(minimum=1, maximum=8, default=2),
     )
+
+
+def main() -> None:
+    """``python -m tests.tiny_models DIR [sdxl|flux]``: a tiny random-weights model for trying ``make run`` offline."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("kind", nargs="?", choices=("sdxl", "flux"), default="sdxl")
+    args = parser.parse_args()
+    if args.kind == "sdxl":
+        save_tiny_sdxl(args.directory, variant="fp16")  # named like stabilityai/sdxl-turbo's files
+    else:
+        save_tiny_flux(args.directory)
+    sys.stdout.write(f"tiny random-weights {args.kind} pipeline written to {args.directory} (a smoke test)\n")
+
+
+if __name__ == "__main__":
+    main()
