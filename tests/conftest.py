@@ -10,7 +10,7 @@ import pytest
 
 from tests.fake_nextcloud import FakeNextcloud
 from tests.instant_backend import StaticBackends
-from tests.servers import ThreadedServer, free_port
+from tests.servers import ServerThread, free_port
 from text2image_hub.admin import FIELD_IDS
 from text2image_hub.app import BackendFactory, create_app
 from text2image_hub.service import BackendSet
@@ -65,9 +65,9 @@ class ExAppRunner:
         self.port = free_port()
         self.backends: BackendSet = StaticBackends()
         self.backends_factory: BackendFactory | None = None
-        self.server: ThreadedServer | None = None
+        self.server: ServerThread | None = None
 
-    def start(self, *, timing: WorkerTiming = FAST_TIMING, **environ: str) -> ThreadedServer:
+    def start(self, *, timing: WorkerTiming = FAST_TIMING, **environ: str) -> ServerThread:
         settings = exapp_settings(self.nextcloud, self.storage, self.port, **environ)
         backends = self.backends
 
@@ -75,7 +75,9 @@ class ExAppRunner:
             return backends
 
         factory = self.backends_factory or static
-        self.server = ThreadedServer(create_app(settings, backends=factory, timing=timing), port=self.port).start()
+        self.server = ServerThread(
+            create_app(settings, backends=factory, timing=timing), port=self.port, lifespan="on"
+        ).start()
         self.nextcloud.app_url = self.server.url
         return self.server
 

@@ -10,7 +10,7 @@ second is one simulated minute, so "10 images per minute" becomes 10 per real se
 Test knobs: ``answer="url"`` (answer ``data[].url`` served from ``/files/<id>``), ``fail_next(status, count)``,
 ``hang_next(seconds, count)``, ``latency`` (simulated seconds per image), counters in ``stats()`` and the bodies
 received in ``bodies()``. Usable from sync and async tests: uvicorn runs in its own thread
-(``tests.servers.ThreadedServer``)::
+(``tests.servers.ServerThread``)::
 
     with FakeIonos(token="t0k3n", time_scale=60) as ionos:
         ... ionos.base_url ...  # "http://127.0.0.1:<port>/v1"
@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.servers import ThreadedServer
+from tests.servers import ServerThread
 from text2image_hub.backends.remote import IONOS, RemoteAccount, RemoteLimits
 
 MODEL = "black-forest-labs/FLUX.1-schnell"
@@ -138,7 +138,7 @@ class FakeIonos:
         self._epoch = time.monotonic()
         self._images = _Bucket(burst, images_per_minute / 60.0, 0.0)
         self._requests = _Bucket(max(1.0, requests_per_second), requests_per_second, 0.0)
-        self._server: ThreadedServer | None = None
+        self._server: ServerThread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ class FakeIonos:
 
     def start(self) -> FakeIonos:
         self._stopping.clear()
-        self._server = ThreadedServer(self._app())
+        self._server = ServerThread(self._app(), name="fake-ionos")
         self._server.start()
         self.reset_clock()
         return self

@@ -21,7 +21,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from tests.instant_backend import InstantBackend, StaticBackends
-from tests.servers import ThreadedServer, free_port
+from tests.servers import ServerThread, free_port
 from text2image_hub.admin import FIELD_IDS, RuntimeConfig, config_from_values
 from text2image_hub.api.images import ImageStore
 from text2image_hub.api.limits import CallerLimiter, ResultCache, cache_key
@@ -75,7 +75,7 @@ def serve(settings: Settings, backends: StaticBackends | None = None) -> Iterato
         return backends
 
     app = create_app(settings, backends=factory, timing=WorkerTiming(poll_interval=60, backoff_initial=30))
-    with ThreadedServer(app) as server:
+    with ServerThread(app, lifespan="on") as server:
         yield Running(server.url, backends, settings)
 
 
@@ -119,7 +119,7 @@ def fake_nextcloud(values: dict[str, str]) -> FastAPI:
 @pytest.fixture
 def nextcloud_api(tmp_path: Path) -> Iterator[Running]:
     """The app under Nextcloud: AppAPI headers are checked, admin settings come from the fake's appconfig_ex."""
-    with ThreadedServer(fake_nextcloud({"api_keys": KEY})) as nextcloud:
+    with ServerThread(fake_nextcloud({"api_keys": KEY})) as nextcloud:
         environ = {
             "APP_PERSISTENT_STORAGE": str(tmp_path),
             "NEXTCLOUD_URL": nextcloud.url,

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.instant_backend import InstantBackend, StaticBackends
-from tests.servers import ThreadedServer
+from tests.servers import ServerThread
 from text2image_hub.admin import FIELD_IDS
 from text2image_hub.app import create_app
 from text2image_hub.imaging import ImageSize
@@ -57,7 +57,9 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     async def factory(_: Settings) -> StaticBackends:
         return backends
 
-    with ThreadedServer(create_app(_settings(tmp_path_factory.mktemp("schema")), backends=factory)) as server:
+    with ServerThread(
+        create_app(_settings(tmp_path_factory.mktemp("schema")), backends=factory), lifespan="on"
+    ) as server:
         yield server.url
 
 

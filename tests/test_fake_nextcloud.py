@@ -40,8 +40,8 @@ from tests.fake_nextcloud import (
     USER,
     FakeNextcloud,
     FakeOcsError,
-    ServerThread,
 )
+from tests.servers import ServerThread
 
 FIXTURES = Path(__file__).parent / "fixtures" / "contract"
 APP_ID = "text2image_hub"
