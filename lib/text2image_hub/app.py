@@ -180,6 +180,7 @@ async def _initialize(hub: Hub, gateway: NextcloudGateway) -> None:
             with contextlib.suppress(NextcloudUnavailableError):
                 await gateway.set_init_status(min(percent, 99))
 
+    status, error = 100, ""
     try:
         config = await hub.config.load()
         await hub.service.backends.prepare(config, progress, download=True)
@@ -187,9 +188,11 @@ async def _initialize(hub: Hub, gateway: NextcloudGateway) -> None:
         logger.warning("init: %s (the admin can fix it in the settings form)", exc)
     except Text2ImageError as exc:
         logger.error("init failed: %s", exc)
-        await gateway.set_init_status(max(last, 0), f"Text2Image Hub could not prepare its model: {exc}")
-        return
-    await gateway.set_init_status(100)
+        status, error = max(last, 0), f"Text2Image Hub could not prepare its model: {exc}"
+    try:
+        await gateway.set_init_status(status, error)
+    except NextcloudUnavailableError as exc:
+        logger.error("could not report the init status to Nextcloud: %s", exc)
 
 
 async def _set_enabled(hub: Hub, enabled: bool) -> str:

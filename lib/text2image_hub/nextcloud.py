@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import niquests
-from nc_py_api import AsyncNextcloudApp, NextcloudException, NextcloudExceptionNotFound
+from nc_py_api import AsyncNextcloudApp, NextcloudException
 from nc_py_api.ex_app import LogLvl
 from nc_py_api.ex_app.providers.task_processing import TaskProcessingProvider
 from nc_py_api.ex_app.ui.settings import SettingsForm
@@ -29,6 +30,8 @@ TASK_TYPE = "core:text2image"
 STATUS_CANCELLED = "STATUS_CANCELLED"
 STATUS_GONE = "STATUS_GONE"  # ours: the task was deleted (Nextcloud answers 404)
 _TP = "/ocs/v2.php/taskprocessing/tasks_provider"
+_APP_API = "/ocs/v1.php/apps/app_api"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,7 @@ class NextcloudGateway:
     async def claim_next(self, provider_id: str) -> ClaimedTask | None:
         """The next task for our provider, or None when there is none. Raises when Nextcloud fails."""
         body = {"providerIds": [provider_id], "taskTypeIds": [TASK_TYPE]}
-        try:
-            data = await self._nc._session.ocs("GET", f"{_TP}/next", json=body)
-        except _FAILURES as exc:
-            raise _unavailable(exc, "next_task") from exc
+        data = await self._guarded("next_task", self._nc._session.ocs("GET", f"{_TP}/next", json=body))
         if not data:
             return None
         task = data["task"]
@@ -88,29 +88,17 @@ class NextcloudGateway:
     async def set_progress(self, task_id: int, percent: float) -> str:
         """Report progress; returns the task's status (``STATUS_CANCELLED`` when the user cancelled it)."""
         body = {"taskId": task_id, "progress": min(max(percent, 0.0), 100.0) / 100.0}
-        try:
-            data = await self._nc._session.ocs("POST", f"{_TP}/{task_id}/progress", json=body)
-        except NextcloudExceptionNotFound:
-            return STATUS_GONE
-        except _FAILURES as exc:
-            if isinstance(exc, NextcloudException) and exc.status_code == 404:
-                return STATUS_GONE
-            raise _unavailable(exc, "set_progress") from exc
-        return str((data or {}).get("task", {}).get("status", ""))
+        return await self._task_status("set_progress", f"{_TP}/{task_id}/progress", body)
 
     async def upload_image(self, task_id: int, png: bytes) -> int | None:
         """Upload one result file; None when the task is gone."""
-        try:
-            return int(await self._nc.providers.task_processing.upload_result_file(task_id, png))
-        except NextcloudExceptionNotFound:
-            return None
-        except _FAILURES as exc:
-            if isinstance(exc, NextcloudException) and exc.status_code == 404:
-                return None
-            raise _unavailable(exc, "upload_result_file") from exc
+        upload = self._nc.providers.task_processing.upload_result_file(task_id, png)
+        file_id = await self._unless_gone("upload_result_file", upload)
+        return None if file_id is None else int(file_id)
 
     async def report_success(self, task_id: int, file_ids: list[int]) -> str:
-        return await self._report(task_id, {"taskId": task_id, "output": {"images": file_ids}})
+        body = {"taskId": task_id, "output": {"images": file_ids}}
+        return await self._task_status("report_result", f"{_TP}/{task_id}/result", body)
 
     async def report_failure(self, task_id: int, admin_message: str, user_message: str) -> str:
         body = {
@@ -119,49 +107,59 @@ class NextcloudGateway:
             "errorMessage": admin_message[:4000],
             "userFacingErrorMessage": user_message[:1000],
         }
-        return await self._report(task_id, body)
+        return await self._task_status("report_result", f"{_TP}/{task_id}/result", body)
 
-    async def _report(self, task_id: int, body: dict[str, Any]) -> str:
-        """Store the result; returns the task status. Raises when the result may not have been stored."""
-        try:
-            data = await self._nc._session.ocs("POST", f"{_TP}/{task_id}/result", json=body)
-        except NextcloudExceptionNotFound:
+    async def _task_status(self, what: str, path: str, body: dict[str, Any]) -> str:
+        """POST to a task endpoint; the task's status from the answer, ``STATUS_GONE`` when it was deleted.
+
+        Raises when the call may not have reached Nextcloud (a result is then retried by the worker).
+        """
+        data = await self._unless_gone(what, self._nc._session.ocs("POST", path, json=body))
+        if data is None:
             return STATUS_GONE
-        except _FAILURES as exc:
-            if isinstance(exc, NextcloudException) and exc.status_code == 404:
-                return STATUS_GONE
-            raise _unavailable(exc, "report_result") from exc
         return str((data or {}).get("task", {}).get("status", ""))
+
+    async def _guarded(self, what: str, call: Awaitable[T]) -> T:
+        """Await an nc_py_api call; refused, timed out, 503 or wrong secret become ``NextcloudUnavailableError``."""
+        try:
+            return await call
+        except _FAILURES as exc:
+            raise _unavailable(exc, what) from exc
+
+    async def _unless_gone(self, what: str, call: Awaitable[T]) -> T | None:
+        """Like ``_guarded``, but None when Nextcloud answers 404: the task was deleted."""
+        try:
+            return await call
+        except NextcloudException as exc:
+            if exc.status_code == 404:
+                return None
+            raise _unavailable(exc, what) from exc
+        except _FAILURES as exc:
+            raise _unavailable(exc, what) from exc
 
     # --- AppAPI ---------------------------------------------------------------------------------------------------
     async def register_provider(self, provider: TaskProcessingProvider) -> None:
-        await self._nc.providers.task_processing.register(provider)
+        await self._guarded("register provider", self._nc.providers.task_processing.register(provider))
 
     async def unregister_provider(self, provider_id: str) -> None:
-        await self._nc.providers.task_processing.unregister(provider_id)
+        await self._guarded("unregister provider", self._nc.providers.task_processing.unregister(provider_id))
 
     async def register_form(self, form: SettingsForm) -> None:
-        await self._nc.ui.settings.register_form(form)
+        await self._guarded("register settings form", self._nc.ui.settings.register_form(form))
 
     async def unregister_form(self, form_id: str) -> None:
-        await self._nc.ui.settings.unregister_form(form_id)
+        await self._guarded("unregister settings form", self._nc.ui.settings.unregister_form(form_id))
 
     async def set_init_status(self, progress: int, error: str = "") -> None:
-        await self._nc.set_init_status(progress, error)
+        await self._guarded("set_init_status", self._nc.set_init_status(progress, error))
 
     async def enabled(self) -> bool:
         """Whether AppAPI has the app enabled. Raises when Nextcloud cannot tell."""
-        try:
-            return bool(await self._nc._session.ocs("GET", "/ocs/v1.php/apps/app_api/ex-app/state"))
-        except _FAILURES as exc:
-            raise _unavailable(exc, "enabled_state") from exc
+        return bool(await self._guarded("enabled_state", self._nc._session.ocs("GET", f"{_APP_API}/ex-app/state")))
 
     async def config_values(self, keys: tuple[str, ...]) -> dict[str, str]:
         """Saved admin values (fields never saved are absent). Raises when Nextcloud fails."""
-        try:
-            records = await self._nc.appconfig_ex.get_values(list(keys))
-        except _FAILURES as exc:
-            raise _unavailable(exc, "appconfig_ex") from exc
+        records = await self._guarded("appconfig_ex", self._nc.appconfig_ex.get_values(list(keys)))
         return {record.key: record.value for record in records}
 
     async def ensure_sensitive_keys(self, keys: tuple[str, ...]) -> None:
@@ -169,7 +167,7 @@ class NextcloudGateway:
         existing = await self.config_values(keys)
         for key in keys:
             if key not in existing:
-                await self._nc.appconfig_ex.set_value(key, "", sensitive=True)
+                await self._guarded("appconfig_ex", self._nc.appconfig_ex.set_value(key, "", sensitive=True))
 
     async def log(self, level: int, message: str) -> None:
         """Write to nextcloud.log (never raises: logging must not break the caller)."""
