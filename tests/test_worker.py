@@ -94,6 +94,7 @@ def test_size_the_backend_no_longer_supports_fails_naming_the_sizes(exapp):
     exapp.start()
     nextcloud = exapp.nextcloud
     nextcloud.register_app()
+    time.sleep(0.5)  # the pass that /enabled started finds no task; the worker then idles (no trigger, no poll)
     app_url, nextcloud.app_url = nextcloud.app_url, "http://127.0.0.1:9"
     task_id = nextcloud.schedule({"input": "x", "numberOfImages": 1, "size": "1024x768"})
     backend.sizes = (ImageSize(256, 256), ImageSize(512, 512))  # e.g. the admin switched models
@@ -156,8 +157,12 @@ def test_nextcloud_going_away_mid_task_and_coming_back(exapp):
     while backend.steps_run < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     nextcloud.set_failure("refuse")
-    time.sleep(1.5)  # the generation ends while Nextcloud is down: the upload must wait and retry
-    assert backend.steps_run == 10
+    deadline = time.monotonic() + 20  # the generation ends while Nextcloud is down: the upload must wait and retry
+    while backend.steps_run < 10:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.5)
+    assert nextcloud.task(task_id)["status"] == "STATUS_RUNNING"
     nextcloud.set_failure(None)
     task = nextcloud.wait_for_task(task_id, timeout=20)
     assert task["status"] == SUCCESS
