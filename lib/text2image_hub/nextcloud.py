@@ -39,11 +39,8 @@ class ClaimedTask:
     """A task Nextcloud handed to us (it is RUNNING now and ours alone)."""
 
     id: int
-    input: dict[str, Any]
-    user_id: str | None = None
+    input: dict[str, Any] = field(repr=False)  # holds the prompt: not for logs
     include_watermark: bool = True
-    custom_id: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def _unavailable(exc: Exception, what: str) -> NextcloudUnavailableError:
@@ -79,10 +76,7 @@ class NextcloudGateway:
         return ClaimedTask(
             id=int(task["id"]),
             input=dict(task.get("input") or {}),
-            user_id=task.get("userId"),
             include_watermark=bool(task.get("includeWatermark", True)),
-            custom_id=task.get("customId"),
-            raw=task,
         )
 
     async def set_progress(self, task_id: int, percent: float) -> str:

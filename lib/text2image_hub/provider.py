@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nc_py_api.ex_app.providers.task_processing import (
@@ -19,7 +20,7 @@ from nc_py_api.ex_app.providers.task_processing import (
 
 from .backends import ModelInfo
 from .errors import InvalidRequestError
-from .imaging import ImageSize, sizes_text
+from .imaging import ImageSize
 
 logger = logging.getLogger(__name__)
 
@@ -84,16 +85,14 @@ def provider_declaration(
     )
 
 
+@dataclass(frozen=True)
 class TaskInput:
     """A validated task input: prompt, count, size (None → default) and seed (None → random)."""
 
-    __slots__ = ("count", "prompt", "seed", "size")
-
-    def __init__(self, prompt: str, count: int, size: ImageSize | None, seed: int | None) -> None:
-        self.prompt = prompt
-        self.count = count
-        self.size = size
-        self.seed = seed
+    prompt: str
+    count: int
+    size: ImageSize | None
+    seed: int | None
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> TaskInput:
@@ -152,10 +151,6 @@ def _integer(value: object) -> int | None:
                 return None
             return int(number) if number.is_integer() else None
     return None
-
-
-def describe_sizes(sizes: tuple[ImageSize, ...]) -> str:
-    return sizes_text(sizes)
 
 
 class ProviderRegistry(Protocol):

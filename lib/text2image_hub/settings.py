@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import app_version
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(None, validation_alias="T2I_MODEL_PATH")
     poll_interval: float = Field(5.0, gt=0, le=3600, validation_alias="T2I_POLL_INTERVAL")
     local_speedups: str = Field("", validation_alias="T2I_LOCAL_SPEEDUPS")
-    image_ttl: int = Field(3600, ge=60, validation_alias=AliasChoices("T2I_IMAGE_TTL"))
+    image_ttl: int = Field(3600, ge=60, validation_alias="T2I_IMAGE_TTL")
     log_level: str = Field("INFO", validation_alias="T2I_LOG_LEVEL")
     nextcloud_timeout: float = Field(30.0, gt=0, validation_alias="T2I_NEXTCLOUD_TIMEOUT")
 
