@@ -329,7 +329,9 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--models", default="", help="comma-separated: flux, sdxl-turbo, sdxl")
     parser.add_argument("--workdir", type=Path, default=None, help="where the built weights stay (default: a temp dir)")
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per point (default 3 on CPU, 5 on CUDA)")
-    parser.add_argument("--speedups", default="", help="speed-ups to compare with eager on CUDA (default: all)")
+    parser.add_argument(
+        "--speedups", default="", help="speed-ups to compare with eager (CUDA default: all; CPU default: none)"
+    )
     parser.add_argument("--steps", default="", help="comma-separated step counts (default: the CPU default's 1-4)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
@@ -378,6 +380,17 @@ async def main(argv: list[str]) -> int:
                     batches=[1, 2],
                     repeats=repeats,
                 )
+                for speedups in _speedup_sets([name for name in args.speedups.split(",") if name]):
+                    rows += await measure(  # --speedups on the CPU: each against the eager figures above
+                        spec,
+                        folder,
+                        device="cpu",
+                        speedups=speedups,
+                        sizes=[spec.default_size],
+                        steps_list=steps_list[:1],
+                        batches=[],
+                        repeats=repeats,
+                    )
         else:
             repeats = args.repeats or 5
             keys = [key for key in args.models.split(",") if key] or list(MODELS)

@@ -91,35 +91,40 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[_State]:
         backend_set = await backends(settings)
         service = ImageService(backend_set, settings.app_version)
+        metrics = Metrics()
         gateway = None if settings.standalone else NextcloudGateway(settings)
         config = ConfigReader(gateway.config_values if gateway else None, settings.config_defaults)
-        metrics = Metrics()
-        worker = TaskWorker(gateway, service, config, timing, metrics) if gateway else None
-        if worker is not None:
+        exapp = None
+        if gateway is not None:
+            worker = TaskWorker(gateway, service, config, timing, metrics)
             metrics.track_tasks_in_progress(lambda: worker.busy)
+            exapp = ExAppParts(gateway, worker)
         api = ApiState.create(settings, metrics)
-        hub = Hub(settings, service, config, ExAppParts(gateway, worker) if gateway and worker else None, api)
-        background = [asyncio.create_task(_warm_up(hub), name="warm-up")]
-        background.append(asyncio.create_task(api.run_sweeper(), name="image-sweeper"))
-        forwarder = NextcloudLogForwarder(gateway, asyncio.get_running_loop()) if gateway else None
-        if forwarder is not None:
-            logging.getLogger("text2image_hub").addHandler(forwarder)
+        hub = Hub(settings, service, config, exapp, api)
+        background = [
+            asyncio.create_task(_warm_up(hub), name="warm-up"),
+            asyncio.create_task(api.run_sweeper(), name="image-sweeper"),
+        ]
+        app_logger = logging.getLogger("text2image_hub")
+        forwarder = None
+        if exapp is not None:
+            forwarder = NextcloudLogForwarder(exapp.gateway, asyncio.get_running_loop())
+            app_logger.addHandler(forwarder)
             background.append(asyncio.create_task(forwarder.run(), name="log-forwarder"))
-        if worker is not None:
-            background.append(asyncio.create_task(worker.run(), name="task-worker"))
+            background.append(asyncio.create_task(exapp.worker.run(), name="task-worker"))
         try:
             yield {"hub": hub}
         finally:
-            if worker is not None:
-                await worker.shutdown()
+            if exapp is not None:
+                await exapp.worker.shutdown()
             if forwarder is not None:
-                logging.getLogger("text2image_hub").removeHandler(forwarder)
+                app_logger.removeHandler(forwarder)
             for job in background:
                 job.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await backend_set.aclose()
-            if gateway is not None:
-                await gateway.aclose()
+            if exapp is not None:
+                await exapp.gateway.aclose()
 
     app = FastAPI(
         title="Text2Image Hub",
