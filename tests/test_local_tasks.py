@@ -3,9 +3,13 @@ real worker against the fake Nextcloud."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx2
 import pytest
+import torch
 
 from tests.pngs import open_png
 from tests.tiny_models import save_tiny_sdxl, tiny_sdxl_spec
@@ -52,3 +56,37 @@ def test_task_runs_on_the_tiny_local_pipeline(exapp, tiny_sdxl_dir):
     assert images[0].text["Model"] == "stabilityai/stable-diffusion-xl-base-1.0"
     assert images[0].text["Backend"] == "local"
     assert len(nextcloud.progress_history[task_id]) >= 1
+
+
+def _heavy_step(_module: Any, _args: Any) -> None:
+    """Stands in for a real model's step: torch computes without the GIL, as it does on a GPU."""
+    matrix = torch.rand(384, 384)
+    for _ in range(12):
+        matrix = torch.tanh(matrix @ matrix)
+
+
+def test_heartbeat_answers_quickly_while_a_task_renders(exapp, tiny_sdxl_dir):
+    made: list[TinyBackends] = []
+
+    async def factory(settings: Settings) -> Backends:
+        made.append(TinyBackends(settings))
+        return made[0]
+
+    exapp.backends_factory = factory
+    exapp.start(T2I_MODEL_PATH=str(tiny_sdxl_dir), T2I_BACKEND="local", T2I_DEFAULT_STEPS="8")
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    local = made[0]._local  # the pipeline the app loaded
+    assert local is not None
+    local.pipeline.unet.register_forward_pre_hook(_heavy_step)
+    task_id = nextcloud.schedule({"input": "slow", "numberOfImages": 2, "size": "64x32"})
+    latencies = []
+    with httpx2.Client(base_url=exapp.server.url) as client:
+        while nextcloud.task(task_id)["status"] in ("STATUS_SCHEDULED", "STATUS_RUNNING"):
+            started = time.perf_counter()
+            assert client.get("/heartbeat").json() == {"status": "ok"}
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.02)
+    assert nextcloud.task(task_id)["status"] == "STATUS_SUCCESSFUL"
+    assert len(latencies) >= 10, "the generation must last long enough for the measurement to mean something"
+    assert max(latencies) <= 0.1, max(latencies)
