@@ -142,9 +142,8 @@ def _load_pipeline(
     if not (model_dir / "model_index.json").is_file():
         raise BackendUnavailableError(f"No diffusers weights (model_index.json) for {spec.id} in {model_dir}.")
     try:
-        pipe = DiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
-            str(model_dir), dtype=dtype, variant=_variant_on_disk(model_dir, spec.variant), local_files_only=True
-        )
+        variant = _variant_on_disk(model_dir, spec.variant)
+        pipe = DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, dtype=dtype, variant=variant)  # type: ignore[no-untyped-call]
     except _LOAD_ERRORS as exc:
         raise BackendUnavailableError(f"Loading {spec.id} from {model_dir} failed: {exc}") from exc
     if type(pipe).__name__ != spec.pipeline_class:
