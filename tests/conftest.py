@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -104,3 +105,11 @@ def registered(exapp: ExAppRunner) -> Callable[..., ExAppRunner]:
         return exapp
 
     return start
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, message: str = "") -> None:
+    """Poll ``condition`` every 10 ms; fail the test if it is still false after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message or "the condition never came true"
+        time.sleep(0.01)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any
 
 from PIL.PngImagePlugin import PngImageFile
 
-from tests.conftest import FAST_TIMING
+from tests.conftest import FAST_TIMING, wait_until
 from tests.fake_nextcloud import FakeNextcloud
 from tests.instant_backend import InstantBackend, StaticBackends
 from tests.pngs import open_png
@@ -53,10 +52,12 @@ def test_saved_values_apply_to_the_next_task_without_restart(registered):
     nextcloud.save_setting("default_size", "1024x768")
     nextcloud.save_setting("include_prompt_in_metadata", "1")
     nextcloud.save_setting("watermark", "0")
-    deadline = time.monotonic() + 5  # Nextcloud fills in the declared default size when the task is scheduled:
-    while nextcloud.providers[PROVIDER_ID]["optional_input_shape_defaults"]["size"] != "1024x768":  # re-declared
-        assert time.monotonic() < deadline, "the provider was not re-registered with the new default size"
-        time.sleep(0.05)
+    # Nextcloud fills in the declared default size when the task is scheduled: wait until it is re-declared
+    wait_until(
+        lambda: nextcloud.providers[PROVIDER_ID]["optional_input_shape_defaults"]["size"] == "1024x768",
+        5,
+        "the provider was not re-registered with the new default size",
+    )
     task = _run(nextcloud, {"input": "a fox", "numberOfImages": 1})
     after = _first_png(nextcloud, task)
     assert after.size == (1024, 768)

@@ -11,7 +11,7 @@ import httpx2
 import pytest
 from PIL.PngImagePlugin import PngImageFile
 
-from tests.conftest import FAST_TIMING
+from tests.conftest import FAST_TIMING, wait_until
 from tests.fake_nextcloud import FakeNextcloudError
 from tests.instant_backend import InstantBackend, StaticBackends
 from tests.pngs import open_png
@@ -103,10 +103,8 @@ def test_size_the_backend_no_longer_supports_fails_naming_the_sizes(exapp):
     task = nextcloud.wait_for_task(task_id, timeout=10)
     assert task["status"] == FAILED
     assert "Supported sizes: 256x256, 512x512" in task["userFacingErrorMessage"]
-    deadline = time.monotonic() + 5  # re-registration happens on the worker's next pass, maybe after the failure
-    while _declared_sizes(nextcloud) != ["256x256", "512x512"]:
-        assert time.monotonic() < deadline, "the provider was not re-registered with the new sizes"
-        time.sleep(0.05)
+    # re-registration happens on the worker's next pass, maybe after the failure
+    wait_until(lambda: _declared_sizes(nextcloud) == ["256x256", "512x512"], 5, "the provider was not re-registered")
 
 
 def _declared_sizes(nextcloud) -> list[str]:
@@ -140,10 +138,8 @@ def test_unexpected_exception_fails_the_task_with_a_generic_message(exapp):
     assert task["status"] == FAILED
     assert "internal error" in task["userFacingErrorMessage"]
     assert "ZeroDivisionError" in exapp.nextcloud.admin_task(task["id"])["errorMessage"]
-    deadline = time.monotonic() + 5  # ERROR records reach nextcloud.log through the forwarder's queue
-    while not any("unexpected error" in entry["message"] for entry in exapp.nextcloud.logs):
-        assert time.monotonic() < deadline, exapp.nextcloud.logs
-        time.sleep(0.05)
+    # ERROR records reach nextcloud.log through the forwarder's queue
+    wait_until(lambda: any("unexpected error" in entry["message"] for entry in exapp.nextcloud.logs), 5)
 
 
 def test_nextcloud_going_away_mid_task_and_coming_back(exapp):
@@ -153,14 +149,9 @@ def test_nextcloud_going_away_mid_task_and_coming_back(exapp):
     nextcloud = exapp.nextcloud
     nextcloud.register_app()
     task_id = nextcloud.schedule({"input": "x", "numberOfImages": 2})
-    deadline = time.monotonic() + 10
-    while backend.steps_run < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: backend.steps_run >= 3)
     nextcloud.set_failure("refuse")
-    deadline = time.monotonic() + 20  # the generation ends while Nextcloud is down: the upload must wait and retry
-    while backend.steps_run < 10:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: backend.steps_run == 10, 20)  # the generation ends while Nextcloud is down: uploads must wait
     time.sleep(0.5)
     assert nextcloud.task(task_id)["status"] == "STATUS_RUNNING"
     nextcloud.set_failure(None)
@@ -189,9 +180,7 @@ def test_cancelled_task_stops_and_gets_no_progress_after_its_end(exapp):
     nextcloud = exapp.nextcloud
     nextcloud.register_app()
     task_id = nextcloud.schedule({"input": "slow", "numberOfImages": 1})
-    deadline = time.monotonic() + 10
-    while backend.steps_run < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: backend.steps_run >= 5)
     nextcloud.cancel(task_id)
     time.sleep(1.0)
     steps = backend.steps_run
@@ -263,9 +252,7 @@ def test_shutdown_fails_the_task_in_hand(exapp):
     nextcloud = exapp.nextcloud
     nextcloud.register_app()
     task_id = nextcloud.schedule({"input": "endless", "numberOfImages": 1})
-    deadline = time.monotonic() + 10
-    while backend.steps_run < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: backend.steps_run >= 2)
     exapp.stop()
     task = nextcloud.task(task_id)
     assert task["status"] == FAILED
