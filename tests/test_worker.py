@@ -278,3 +278,18 @@ def test_init_reports_progress_then_100(registered):
     nextcloud = registered().nextcloud
     statuses = [request.json["progress"] for request in nextcloud.requests if request.path.endswith("/ex-app/status")]
     assert statuses == [10, 50, 90, 100]
+
+
+@pytest.mark.parametrize("include_watermark", [True, False])
+def test_visible_mark_follows_the_task_include_watermark(registered, include_watermark):
+    nextcloud = registered().nextcloud
+    task_id = nextcloud.schedule({"input": "plain", "numberOfImages": 1}, include_watermark=include_watermark)
+    image = _images(nextcloud, nextcloud.wait_for_task(task_id, timeout=10))[0].convert("RGB")
+    centre = image.getpixel((image.width // 2, image.height // 2))
+    corner = [
+        image.getpixel((x, y))
+        for x in range(image.width - 60, image.width)
+        for y in range(image.height - 20, image.height)
+    ]
+    assert any(pixel != centre for pixel in corner) is include_watermark
+    assert _images(nextcloud, nextcloud.task(task_id))[0].text["AI-Generated"] == "true"
