@@ -96,7 +96,7 @@ class StaticBackends:
         for percent in (10, 50, 90):
             await progress(percent)
 
-    def ready(self, config: RuntimeConfig) -> bool:
+    async def ready(self, config: RuntimeConfig) -> bool:
         return True
 
     async def aclose(self) -> None:

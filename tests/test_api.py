@@ -598,7 +598,7 @@ def test_sweeper_deletes_expired_files_left_by_earlier_process(tmp_path: Path) -
 
 # --- operations ------------------------------------------------------------------------------------------------------
 class NotReadyBackends(StaticBackends):
-    def ready(self, config: RuntimeConfig) -> bool:
+    async def ready(self, config: RuntimeConfig) -> bool:
         return False
 
 

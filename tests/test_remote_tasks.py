@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import random
 
+import httpx2
 import pytest
 
 from tests.fake_ionos import FakeIonos, ionos_account
@@ -142,3 +143,15 @@ def test_missing_token_still_enables_and_tasks_ask_for_the_admin(exapp, ionos):
     assert nextcloud.wait_for_task(nextcloud.schedule({"input": "y", "numberOfImages": 1}), timeout=30)["status"] == (
         SUCCESS
     )
+
+
+def test_readyz_checks_that_the_remote_service_takes_our_token(exapp, ionos):
+    nextcloud = _start(exapp, ionos)
+    with httpx2.Client(base_url=exapp.server.url) as client:
+        assert client.get("/readyz").status_code == 503  # no token yet
+        _save_token(nextcloud, "wrong-token-123456")
+        assert client.get("/readyz").status_code == 503
+        _save_token(nextcloud, ionos.token)
+        answer = client.get("/readyz")
+        assert answer.status_code == 200
+        assert answer.json()["backend"] == "remote"

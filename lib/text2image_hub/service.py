@@ -83,8 +83,8 @@ class BackendSet(Protocol):
         """Make the configured backend ready (load the model; download its weights first if ``download``)."""
         ...
 
-    def ready(self, config: RuntimeConfig) -> bool:
-        """Whether the configured backend can take work now."""
+    async def ready(self, config: RuntimeConfig) -> bool:
+        """Whether the configured backend can take work now (the local model loaded, the remote service answering)."""
         ...
 
     async def aclose(self) -> None: ...

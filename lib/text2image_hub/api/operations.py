@@ -31,7 +31,7 @@ async def readyz(request: Request) -> JSONResponse:
         config = await hub.config.load()
     except Text2ImageError as exc:
         return JSONResponse({"status": "not ready", "reason": exc.code}, status_code=503)
-    if not hub.service.backends.ready(config):
+    if not await hub.service.backends.ready(config):
         return JSONResponse(
             {"status": "not ready", "reason": "BACKEND_NOT_READY", "backend": config.backend}, status_code=503
         )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..admin import RuntimeConfig
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, Text2ImageError
 from ..settings import Settings
 from . import Backend
 from .catalog import LocalModelSpec, default_local_model, local_model
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int], Awaitable[None]]
+REACHABILITY_TTL = 60.0  # seconds a remote reachability check is remembered
 
 
 class Backends:
@@ -33,6 +35,7 @@ class Backends:
         self._pool = RemoteBackendPool(self._http)
         self._local: LocalBackend | None = None
         self._loading = asyncio.Lock()
+        self._reachable: dict[tuple[str, str, str], tuple[float, bool]] = {}
 
     def local_spec(self, config: RuntimeConfig) -> LocalModelSpec:
         if config.local_model:
@@ -102,10 +105,32 @@ class Backends:
                 raise BackendUnavailableError(f"could not load {spec.id} from {model_dir}: {exc}") from exc
             return self._local
 
-    def ready(self, config: RuntimeConfig) -> bool:
-        if config.backend == "remote":
+    async def ready(self, config: RuntimeConfig) -> bool:
+        if config.backend == "local":
+            return self._local is not None
+        if config.backend == "local_then_remote" and self._local is not None:
             return True
-        return self._local is not None or config.backend == "local_then_remote"
+        return await self._remote_reachable(config)
+
+    async def _remote_reachable(self, config: RuntimeConfig) -> bool:
+        """Whether the remote service answers ``GET /models`` with our token (remembered for a minute)."""
+        try:
+            backend = self._pool.backend_for(self.remote_account(config))
+        except Text2ImageError as exc:
+            logger.warning("remote service not usable: %s", exc)
+            return False
+        now = time.monotonic()
+        checked = self._reachable.get(backend.account.key)
+        if checked is not None and now - checked[0] < REACHABILITY_TTL:
+            return checked[1]
+        try:
+            await backend.list_models()
+            reachable = True
+        except Text2ImageError as exc:
+            logger.warning("remote service not reachable: %s", exc)
+            reachable = False
+        self._reachable[backend.account.key] = (now, reachable)
+        return reachable
 
     async def aclose(self) -> None:
         if self._local is not None:
