@@ -221,5 +221,5 @@ def _form() -> SettingsForm:
     from .backends.catalog import local_models
 
     specs = local_models()
-    sizes = sorted({str(size) for spec in specs for size in spec.sizes}, key=lambda s: tuple(map(int, s.split("x"))))
-    return settings_form(tuple(spec.id for spec in specs), tuple(sizes))
+    sizes = sorted({size for spec in specs for size in spec.sizes})
+    return settings_form(tuple(spec.id for spec in specs), tuple(str(size) for size in sizes))

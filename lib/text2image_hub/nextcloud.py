@@ -22,11 +22,11 @@ from nc_py_api.ex_app.providers.task_processing import TaskProcessingProvider
 from nc_py_api.ex_app.ui.settings import SettingsForm
 
 from .errors import NextcloudUnavailableError
+from .provider import TASK_TYPE
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-TASK_TYPE = "core:text2image"
 STATUS_CANCELLED = "STATUS_CANCELLED"
 STATUS_GONE = "STATUS_GONE"  # ours: the task was deleted (Nextcloud answers 404)
 _TP = "/ocs/v2.php/taskprocessing/tasks_provider"

@@ -107,7 +107,7 @@ class ImageService:
             local = await self._backends.local(config)
             if local is not None:
                 found.append(local.model)
-        if config.backend != "local" or config.remote_api_key.get_secret_value():
+        if _remote_in_play(config):
             with contextlib.suppress(ConfigurationError):
                 found.append(self._backends.remote(config).model)
         return found
@@ -160,7 +160,7 @@ class ImageService:
             local = await self._backends.local(config)
             if local is not None and local.model.id == model_id:
                 return local, True
-        if config.backend != "local" or config.remote_api_key.get_secret_value():
+        if _remote_in_play(config):
             remote = self._backends.remote(config)
             if remote.model.id == model_id:
                 return remote, False
@@ -265,3 +265,8 @@ class ImageService:
             guidance_scale=spec.guidance_scale,
             negative_prompt=spec.negative_prompt or None,
         )
+
+
+def _remote_in_play(config: RuntimeConfig) -> bool:
+    """The remote backend serves this config: it is chosen (alone or as fallback), or a token makes it usable."""
+    return config.backend != "local" or bool(config.remote_api_key.get_secret_value())

@@ -71,25 +71,8 @@ def load_settings(environ: Mapping[str, str] | None = None, field_ids: tuple[str
     env = dict(os.environ if environ is None else environ)
     upper_env = {key.upper(): value for key, value in env.items()}
     defaults = {field: upper_env[f"T2I_{field.upper()}"] for field in field_ids if f"T2I_{field.upper()}" in upper_env}
-    values: dict[str, object] = {key: value for key, value in upper_env.items() if key in _ENV_NAMES}
-    return Settings.model_validate({**values, "config_defaults": defaults})
-
-
-_ENV_NAMES = frozenset(
-    {
-        "APP_ID",
-        "APP_SECRET",
-        "APP_VERSION",
-        "APP_HOST",
-        "APP_PORT",
-        "NEXTCLOUD_URL",
-        "APP_PERSISTENT_STORAGE",
-        "COMPUTE_DEVICE",
-        "T2I_MODEL_PATH",
-        "T2I_POLL_INTERVAL",
-        "T2I_LOCAL_SPEEDUPS",
-        "T2I_IMAGE_TTL",
-        "T2I_LOG_LEVEL",
-        "T2I_NEXTCLOUD_TIMEOUT",
+    names = {
+        field.validation_alias for field in Settings.model_fields.values() if isinstance(field.validation_alias, str)
     }
-)
+    values: dict[str, object] = {key: value for key, value in upper_env.items() if key in names}
+    return Settings.model_validate({**values, "config_defaults": defaults})
