@@ -29,7 +29,7 @@ run: $(STAMP) ## run the app (standalone without NEXTCLOUD_URL; as an ExApp with
 
 tiny-model: $(STAMP) ## create a tiny random-weights model in models/tiny-sdxl (smoke test only, not a real model)
 	$(BIN)/python -m tests.tiny_models models/tiny-sdxl
-	@echo "try it: T2I_MODEL_PATH=models/tiny-sdxl T2I_LOCAL_MODEL=stabilityai/sdxl-turbo make run"
+	@echo "try it: T2I_MODEL_PATH=models/tiny-sdxl make run   (the folder says it is SDXL-Turbo-shaped)"
 
 lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff check lib tests bench

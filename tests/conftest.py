@@ -69,7 +69,9 @@ class ExAppRunner:
         self.server: ServerThread | None = None
 
     def start(self, *, timing: WorkerTiming = FAST_TIMING, **environ: str) -> ServerThread:
-        settings = exapp_settings(self.nextcloud, self.storage, self.port, **environ)
+        """``T2I_BACKEND`` defaults to ``local`` here (the test backends); pass ``T2I_BACKEND="auto"`` for the real
+        default."""
+        settings = exapp_settings(self.nextcloud, self.storage, self.port, **{"T2I_BACKEND": "local", **environ})
         backends = self.backends
 
         async def static(_: Settings) -> BackendSet:

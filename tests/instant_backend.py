@@ -9,8 +9,16 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from text2image_hub.admin import RuntimeConfig
-from text2image_hub.backends import Backend, GeneratedImage, GenerationControl, GenerationRequest, ModelInfo, StepRange
-from text2image_hub.errors import BackendUnavailableError, Text2ImageError
+from text2image_hub.backends import (
+    Backend,
+    GeneratedImage,
+    GenerationControl,
+    GenerationRequest,
+    LocalModelStatus,
+    ModelInfo,
+    StepRange,
+)
+from text2image_hub.errors import BackendUnavailableError, ConfigurationError, Text2ImageError
 from text2image_hub.imaging import ImageSize
 from text2image_hub.service import ProgressCallback
 
@@ -77,24 +85,37 @@ def _solid(prompt: str, seed: int, size: ImageSize) -> Image.Image:
 
 @dataclass
 class StaticBackends:
-    """A BackendSet with fixed local and remote backends (either may be None)."""
+    """A BackendSet with fixed local and remote backends (either may be None: "this server has none")."""
 
     local_backend: Backend | None = field(default_factory=InstantBackend)
     remote_backend: Backend | None = None
     prepared: list[RuntimeConfig] = field(default_factory=list)
 
-    async def local(self, config: RuntimeConfig) -> Backend | None:
+    def local_model(self, config: RuntimeConfig) -> ModelInfo:
+        if self.local_backend is None:
+            raise ConfigurationError("no local model in this test", field="local_model")
+        return self.local_backend.model
+
+    async def local(self, config: RuntimeConfig) -> Backend:
+        if self.local_backend is None:
+            raise BackendUnavailableError("no local model in this test")
         return self.local_backend
+
+    def local_status(self, config: RuntimeConfig) -> LocalModelStatus:
+        if self.local_backend is None:
+            return LocalModelStatus("none", "failed", reason="no local model in this test")
+        return LocalModelStatus(self.local_backend.model.id, "ready")
 
     def remote(self, config: RuntimeConfig) -> Backend:
         if self.remote_backend is None:
-            raise BackendUnavailableError("no remote backend in this test")
+            raise ConfigurationError("no remote backend in this test", field="remote_api_key")
         return self.remote_backend
 
-    async def prepare(self, config: RuntimeConfig, progress: ProgressCallback, *, download: bool) -> None:
+    async def prepare(self, config: RuntimeConfig, progress: ProgressCallback | None = None) -> None:
         self.prepared.append(config)
-        for percent in (10, 50, 90):
-            await progress(percent)
+        if progress is not None:
+            for percent in (10, 50, 90):
+                await progress(percent)
 
     async def ready(self, config: RuntimeConfig) -> bool:
         return True

@@ -64,7 +64,8 @@ class Running:
 
 
 def standalone_settings(tmp_path: Path, **env: str) -> Settings:
-    return load_settings({"APP_PERSISTENT_STORAGE": str(tmp_path), "T2I_API_KEYS": f"{KEY},k2", **env}, FIELD_IDS)
+    environ = {"APP_PERSISTENT_STORAGE": str(tmp_path), "T2I_API_KEYS": f"{KEY},k2", "T2I_BACKEND": "local", **env}
+    return load_settings(environ, FIELD_IDS)
 
 
 @contextlib.contextmanager
@@ -126,6 +127,7 @@ def nextcloud_api(tmp_path: Path) -> Iterator[Running]:
             "APP_SECRET": SECRET,
             "APP_ID": APP_ID,
             "APP_VERSION": "1.0.0",
+            "T2I_BACKEND": "local",
         }
         with serve(load_settings(environ, FIELD_IDS)) as running:
             yield running

@@ -37,7 +37,8 @@ EXAMPLES = 60
 
 
 def _settings(storage: Path) -> Settings:
-    return load_settings({"APP_PERSISTENT_STORAGE": str(storage), "T2I_API_KEYS": KEY}, FIELD_IDS)
+    environ = {"APP_PERSISTENT_STORAGE": str(storage), "T2I_API_KEYS": KEY, "T2I_BACKEND": "local"}
+    return load_settings(environ, FIELD_IDS)
 
 
 SCHEMA = schemathesis.openapi.from_dict(create_app(_settings(Path("unused"))).openapi())

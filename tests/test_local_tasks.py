@@ -1,5 +1,5 @@
-"""The local backend end to end: a tiny SDXL pipeline on disk, loaded by the app's own loading code, driven by the
-real worker against the fake Nextcloud."""
+"""The local backend end to end: a tiny SDXL-Turbo-shaped pipeline in T2I_MODEL_PATH, recognised from its folder and
+loaded by the app's own loading code, driven by the real worker against the fake Nextcloud."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import httpx2
 import pytest
 import torch
 
+from tests.conftest import wait_until
 from tests.pngs import open_png
-from tests.tiny_models import save_tiny_sdxl, tiny_sdxl_spec
-from text2image_hub.admin import RuntimeConfig
-from text2image_hub.backends.catalog import LocalModelSpec
+from tests.tiny_models import save_tiny_sdxl
+from text2image_hub.app import default_backends
 from text2image_hub.backends.registry import Backends
 from text2image_hub.settings import Settings
 
@@ -24,36 +24,27 @@ pytestmark = [
 ]
 
 
-class TinyBackends(Backends):
-    """The real backends; the catalog's SDXL entry is cut to the tiny pipeline's sizes."""
-
-    def local_spec(self, config: RuntimeConfig) -> LocalModelSpec:
-        return tiny_sdxl_spec()
-
-
 @pytest.fixture(scope="module")
 def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl")
+    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl", variant="fp16")
 
 
 def test_task_runs_on_the_tiny_local_pipeline(exapp, tiny_sdxl_dir):
-    async def factory(settings: Settings) -> Backends:
-        return TinyBackends(settings)
-
-    exapp.backends_factory = factory
-    exapp.start(T2I_MODEL_PATH=str(tiny_sdxl_dir), T2I_BACKEND="local")
+    exapp.backends_factory = default_backends
+    exapp.start(T2I_MODEL_PATH=str(tiny_sdxl_dir), T2I_BACKEND="auto")  # a model folder: auto means local
     nextcloud = exapp.nextcloud
-    nextcloud.register_app()  # /init loads the model from T2I_MODEL_PATH: no download
+    nextcloud.register_app()  # nothing to download: init reaches 100 at once
     assert nextcloud.init_progress == 100
     provider = nextcloud.providers["text2image_hub"]
-    assert [v["value"] for v in provider["optional_input_shape_enum_values"]["size"]] == ["32x32", "64x32"]
-    task_id = nextcloud.schedule({"input": "a red square", "numberOfImages": 2, "size": "64x32", "seed": 5})
+    assert "sdxl-turbo" in provider["name"]
+    assert provider["optional_input_shape_enum_values"]["size"][0]["value"] == "512x512"
+    task_id = nextcloud.schedule({"input": "a red square", "numberOfImages": 2, "size": "768x512", "seed": 5})
     task = nextcloud.wait_for_task(task_id, timeout=120)
     assert task["status"] == "STATUS_SUCCESSFUL", task
     images = [open_png(nextcloud.file(task_id, file_id)) for file_id in task["output"]["images"]]
-    assert [image.size for image in images] == [(64, 32), (64, 32)]
+    assert [image.size for image in images] == [(768, 512), (768, 512)]
     assert [image.text["Seed"] for image in images] == ["5", "6"]
-    assert images[0].text["Model"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert images[0].text["Model"] == "stabilityai/sdxl-turbo"
     assert images[0].text["Backend"] == "local"
     assert len(nextcloud.progress_history[task_id]) >= 1
 
@@ -66,20 +57,20 @@ def _heavy_step(_module: Any, _args: Any) -> None:
 
 
 def test_heartbeat_answers_quickly_while_a_task_renders(exapp, tiny_sdxl_dir):
-    made: list[TinyBackends] = []
+    made: list[Backends] = []
 
     async def factory(settings: Settings) -> Backends:
-        made.append(TinyBackends(settings))
+        made.append(Backends(settings))
         return made[0]
 
     exapp.backends_factory = factory
-    exapp.start(T2I_MODEL_PATH=str(tiny_sdxl_dir), T2I_BACKEND="local", T2I_DEFAULT_STEPS="8")
+    exapp.start(T2I_MODEL_PATH=str(tiny_sdxl_dir), T2I_DEFAULT_STEPS="4")
     nextcloud = exapp.nextcloud
     nextcloud.register_app()
-    local = made[0]._local  # the pipeline the app loaded
-    assert local is not None
+    wait_until(lambda: made[0].local_models.loaded is not None, 60, "the model was not loaded after init")
+    local: Any = made[0].local_models.loaded  # the pipeline the app loaded
     local.pipeline.unet.register_forward_pre_hook(_heavy_step)
-    task_id = nextcloud.schedule({"input": "slow", "numberOfImages": 2, "size": "64x32"})
+    task_id = nextcloud.schedule({"input": "slow", "numberOfImages": 2, "size": "512x512"})
     latencies = []
     with httpx2.Client(base_url=exapp.server.url) as client:
         while nextcloud.task(task_id)["status"] in ("STATUS_SCHEDULED", "STATUS_RUNNING"):

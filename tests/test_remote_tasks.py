@@ -16,7 +16,7 @@ from text2image_hub.admin import RuntimeConfig
 from text2image_hub.backends import Backend
 from text2image_hub.backends.registry import Backends
 from text2image_hub.backends.remote import RemoteAccount
-from text2image_hub.errors import GpuOutOfMemoryError
+from text2image_hub.errors import BackendUnavailableError, GpuOutOfMemoryError
 from text2image_hub.settings import Settings
 
 SUCCESS = "STATUS_SUCCESSFUL"
@@ -32,7 +32,9 @@ class ImitationBackends(Backends):
         self._ionos = ionos
         self._local_backend = local_backend
 
-    async def local(self, config: RuntimeConfig) -> Backend | None:
+    async def local(self, config: RuntimeConfig) -> Backend:
+        if self._local_backend is None:
+            raise BackendUnavailableError("no local model in this test")
         return self._local_backend
 
     def remote_account(self, config: RuntimeConfig) -> RemoteAccount:

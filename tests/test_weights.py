@@ -13,12 +13,14 @@ import pytest
 from text2image_hub.backends import weights
 from text2image_hub.backends.catalog import FLUX_SCHNELL, SDXL_BASE, SDXL_TURBO, local_model
 from text2image_hub.backends.weights import (
+    FolderClasses,
     download_weights,
+    folder_classes,
     selected_files,
     weights_dir,
     weights_present,
 )
-from text2image_hub.errors import ConfigurationError
+from text2image_hub.errors import BackendUnavailableError
 
 # The files of the real repositories (abridged where a folder repeats the same pattern).
 SDXL_BASE_FILES = [
@@ -222,31 +224,46 @@ class Progress:
         self.values.append(percent)
 
 
+@pytest.mark.parametrize(
+    ("index", "expected"),
+    [
+        (
+            {"_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]},
+            FolderClasses("FluxPipeline", "FlowMatchEulerDiscreteScheduler"),
+        ),
+        ({"_class_name": "StableDiffusionXLPipeline"}, FolderClasses("StableDiffusionXLPipeline", "")),
+        ({"scheduler": "odd"}, FolderClasses("", "")),
+    ],
+)
+def test_folder_classes_reads_the_model_index(tmp_path: Path, index: dict[str, Any], expected: FolderClasses) -> None:
+    (tmp_path / "model_index.json").write_text(json.dumps(index), encoding="utf-8")
+
+    assert folder_classes(tmp_path) == expected
+
+
+@pytest.mark.parametrize("index_text", [None, "not json", "[]"])
+def test_folder_classes_without_a_readable_index_is_none(tmp_path: Path, index_text: str | None) -> None:
+    if index_text is not None:
+        (tmp_path / "model_index.json").write_text(index_text, encoding="utf-8")
+
+    assert folder_classes(tmp_path) is None
+
+
 @pytest.mark.usefixtures("no_network")
-async def test_download_weights_skipped_when_present(tmp_path: Path) -> None:
-    target = write_pipeline(weights_dir(tmp_path, FLUX_SCHNELL), FLUX_SCHNELL_NEEDED)
-    progress = Progress()
+async def test_download_weights_unreachable_hub_is_unavailable_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError("[Errno 101] Network is unreachable\nmore lines of detail")
 
-    assert await download_weights(FLUX_SCHNELL, tmp_path, progress) == target
-    assert progress.values == []
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
 
+    with pytest.raises(BackendUnavailableError) as caught:
+        await download_weights(local_model(SDXL_TURBO), tmp_path / "sdxl-turbo", Progress())
 
-@pytest.mark.usefixtures("no_network")
-async def test_download_weights_local_model_path_used_as_is(tmp_path: Path) -> None:
-    mine = write_pipeline(tmp_path / "my-models" / "sdxl", SDXL_BASE_NEEDED)
-    progress = Progress()
-
-    assert await download_weights(SDXL_BASE, tmp_path / "storage", progress, model_path=mine) == mine
-    assert not (tmp_path / "storage").exists()
-    assert progress.values == []
-
-
-@pytest.mark.usefixtures("no_network")
-async def test_download_weights_incomplete_model_path_is_configuration_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError) as caught:
-        await download_weights(SDXL_BASE, tmp_path, Progress(), model_path=tmp_path / "empty")
-
-    assert caught.value.field == "T2I_MODEL_PATH"
+    assert str(caught.value) == (
+        "Downloading the weights of stabilityai/sdxl-turbo failed: OSError: [Errno 101] Network is unreachable"
+    )
 
 
 @dataclass
@@ -290,9 +307,9 @@ async def test_download_weights_fetches_only_needed_files_with_progress(
     monkeypatch.setattr(weights, "_POLL_SECONDS", 0.02)
     progress = Progress()
 
-    target = await download_weights(SDXL_BASE, tmp_path, progress)
+    target = weights_dir(tmp_path, SDXL_BASE)
+    await download_weights(local_model(SDXL_BASE), target, progress)
 
-    assert target == weights_dir(tmp_path, SDXL_BASE)
     assert requested["repo_id"] == SDXL_BASE
     on_disk = sorted(str(path.relative_to(target)) for path in target.rglob("*") if path.is_file())
     assert on_disk == SDXL_BASE_NEEDED

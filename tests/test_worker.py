@@ -12,10 +12,9 @@ import pytest
 from PIL.PngImagePlugin import PngImageFile
 
 from tests.conftest import FAST_TIMING, wait_until
-from tests.fake_nextcloud import FakeNextcloudError
 from tests.instant_backend import InstantBackend, StaticBackends
 from tests.pngs import open_png
-from text2image_hub.errors import BackendUnavailableError, GpuOutOfMemoryError
+from text2image_hub.errors import GpuOutOfMemoryError
 from text2image_hub.imaging import ImageSize
 from text2image_hub.provider import PROVIDER_ID
 
@@ -257,21 +256,6 @@ def test_shutdown_fails_the_task_in_hand(exapp):
     task = nextcloud.task(task_id)
     assert task["status"] == FAILED
     assert "restarted" in task["userFacingErrorMessage"]
-
-
-class _UnpreparableBackends(StaticBackends):
-    async def prepare(self, config, progress, *, download):
-        await progress(40)
-        raise BackendUnavailableError("the download of the weights failed: no network")
-
-
-def test_init_reports_a_backend_that_cannot_be_prepared(exapp):
-    exapp.backends = _UnpreparableBackends()
-    exapp.start()
-    with pytest.raises(FakeNextcloudError):
-        exapp.nextcloud.register_app(timeout=10)
-    assert exapp.nextcloud.init_progress == 40
-    assert "no network" in exapp.nextcloud.init_error
 
 
 def test_init_reports_progress_then_100(registered):

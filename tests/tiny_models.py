@@ -126,11 +126,13 @@ def tiny_flux_pipeline() -> FluxPipeline:
         )
     )
     torch.manual_seed(0)
-    vae = AutoencoderKL(
+    vae = AutoencoderKL(  # four blocks: the real VAE scale factor of 8
         sample_size=32,
         in_channels=3,
         out_channels=3,
-        block_out_channels=(4,),
+        block_out_channels=(4, 4, 4, 4),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1,
         latent_channels=1,
         norm_num_groups=1,
@@ -155,7 +157,7 @@ def tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
     """A StableDiffusionXLPipeline (SDXL-Turbo's scheduler) with two tiny CLIP encoders and a tiny UNet."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
+        block_out_channels=(16, 32),
         layers_per_block=1,
         sample_size=16,
         in_channels=4,
@@ -169,18 +171,19 @@ def tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
         transformer_layers_per_block=(1, 1),
         projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
         cross_attention_dim=64,  # 32 + 32 from the two text encoders
-        norm_num_groups=8,
+        norm_num_groups=4,
     )
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[8, 16],
+    vae = AutoencoderKL(  # four blocks: the real VAE scale factor of 8, so a 512x512 image has a 64x64 latent
+        block_out_channels=[4, 4, 4, 4],
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        layers_per_block=1,
         latent_channels=4,
         sample_size=32,
-        norm_num_groups=8,
+        norm_num_groups=2,
     )
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(_clip_config())

@@ -7,6 +7,7 @@ row in ``appconfig_ex``) or saved empty falls back to the environment default, t
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
@@ -23,16 +24,20 @@ _CIPHERTEXT = re.compile(r"^[0-9a-f]{64}\|[0-9a-f]{32}\|[0-9a-f]{128}\|\d+$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
-BackendChoice = Literal["local", "remote", "local_then_remote"]
+BackendChoice = Literal["auto", "local", "remote", "local_then_remote"]
+AutomaticBackend = Literal["local", "remote"]
 PresetChoice = Literal["ionos", "openai", "custom"]
 
 
 class RuntimeConfig(BaseModel):
-    """The admin's choices, validated. Built per task / request by ``config_from_values``."""
+    """The admin's choices, validated. Built per task / request by ``config_from_values``.
+
+    ``backend`` is never ``auto`` once read: ``config_from_values`` puts the machine's choice in its place.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    backend: BackendChoice = "local"
+    backend: BackendChoice = "auto"
     remote_preset: PresetChoice = "ionos"
     remote_base_url: str = ""
     remote_api_key: SecretStr = SecretStr("")
@@ -92,14 +97,29 @@ class RuntimeConfig(BaseModel):
 FIELD_IDS: tuple[str, ...] = tuple(RuntimeConfig.model_fields)
 
 
-def config_from_values(saved: Mapping[str, str], defaults: Mapping[str, str]) -> RuntimeConfig:
-    """Validate saved values over environment defaults; an invalid value is a ``ConfigurationError`` naming it."""
-    # An empty saved value means "not set": the sensitive keys are created empty on enable, and the form's
-    # empty choices ("the model's default", …) mean the default too.
-    chosen = {key: value for key, value in saved.items() if key in RuntimeConfig.model_fields and value != ""}
-    merged = {**defaults, **chosen}
+def config_from_values(
+    saved: Mapping[str, str], defaults: Mapping[str, str], *, automatic: AutomaticBackend = "remote"
+) -> RuntimeConfig:
+    """Validate saved values over environment defaults; an invalid value is a ``ConfigurationError`` naming it.
+
+    ``backend=auto`` (the default) becomes ``automatic``: what the deployment can run (``Settings.automatic_backend``:
+    the local pipeline on a GPU or with a model folder, else the remote service).
+    """
+    # An empty value means "not set": the sensitive keys are created empty on enable, the form's empty choices
+    # ("the model's default", …) mean the default too, and so does an environment variable set to "".
+    merged = {
+        key: value
+        for values in (defaults, saved)
+        for key, value in values.items()
+        if key in RuntimeConfig.model_fields and value != ""
+    }
+    config = _validated(merged)
+    return config.model_copy(update={"backend": automatic}) if config.backend == "auto" else config
+
+
+def _validated(values: Mapping[str, str]) -> RuntimeConfig:
     try:
-        return RuntimeConfig.model_validate(merged)
+        return RuntimeConfig.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "unknown"
@@ -110,8 +130,18 @@ def config_from_values(saved: Mapping[str, str], defaults: Mapping[str, str]) ->
         ) from None
 
 
-def settings_form(local_model_ids: tuple[str, ...], sizes: tuple[str, ...]) -> SettingsForm:
-    """The admin form shown in Administration → Artificial intelligence."""
+def settings_form(
+    local_model_ids: tuple[str, ...],
+    sizes: tuple[str, ...],
+    environment: Mapping[str, str] | None = None,
+    status: str = "",
+) -> SettingsForm:
+    """The admin form shown in Administration → Artificial intelligence.
+
+    Its defaults are what applies until the admin saves a value: the environment defaults (``T2I_…``) over the
+    built-in ones (secrets never shown). ``status`` says what is in force now and what is missing.
+    """
+    defaults = form_defaults(environment or {})
     return SettingsForm(
         id=FORM_ID,
         section_type="admin",
@@ -119,26 +149,30 @@ def settings_form(local_model_ids: tuple[str, ...], sizes: tuple[str, ...]) -> S
         title="Text2Image Hub",
         description=(
             'Where images are generated for the Assistant\'s "Generate image" and Files\' "New → Generate image". '
-            "Changes apply to the next image; no restart needed."
+            "Changes apply to the next image; no restart needed." + (f"\n\nStatus: {status}" if status else "")
         ),
         fields=[
             SettingsField(
                 id="backend",
                 title="Image generator",
                 type=SettingsFieldType.SELECT,
-                default="local",
+                default=defaults["backend"],
                 options={
+                    "Automatic: this server's GPU if it has one, else the remote service": "auto",
                     "On this server (local GPU or CPU)": "local",
                     "Remote service (IONOS AI Model Hub, OpenAI, …)": "remote",
                     "On this server, falling back to the remote service": "local_then_remote",
                 },
-                description="The fallback is used when the local model is missing, busy too long, or fails.",
+                description=(
+                    "On this server, prompts never leave it. The fallback is used when the local model is missing, "
+                    "busy too long, or fails."
+                ),
             ),
             SettingsField(
                 id="remote_preset",
                 title="Remote service",
                 type=SettingsFieldType.SELECT,
-                default="ionos",
+                default=defaults["remote_preset"],
                 options={
                     "IONOS AI Model Hub (EU, FLUX.1-schnell)": "ionos",
                     "OpenAI": "openai",
@@ -149,7 +183,7 @@ def settings_form(local_model_ids: tuple[str, ...], sizes: tuple[str, ...]) -> S
                 id="remote_base_url",
                 title="Remote service URL",
                 type=SettingsFieldType.URL,
-                default="",
+                default=defaults["remote_base_url"],
                 placeholder="https://openai.inference.de-txl.ionos.com/v1",
                 description="Leave empty to use the preset's URL. Must end with /v1 for most services.",
             ),
@@ -157,7 +191,7 @@ def settings_form(local_model_ids: tuple[str, ...], sizes: tuple[str, ...]) -> S
                 id="remote_api_key",
                 title="Remote service token",
                 type=SettingsFieldType.PASSWORD,
-                default="",
+                default=defaults["remote_api_key"],
                 sensitive=True,
                 description="The IONOS AI Model Hub token (IONOS DCD → AI Model Hub → API Tokens) or API key.",
             ),
@@ -165,7 +199,7 @@ def settings_form(local_model_ids: tuple[str, ...], sizes: tuple[str, ...]) -> S
                 id="remote_model",
                 title="Remote model",
                 type=SettingsFieldType.TEXT,
-                default="",
+                default=defaults["remote_model"],
                 placeholder="black-forest-labs/FLUX.1-schnell",
                 description="Leave empty for the preset's model.",
             ),
@@ -173,21 +207,21 @@ def settings_form(local_model_ids: tuple[str, ...], sizes: tuple[str, ...]) -> S
                 id="remote_images_per_minute",
                 title="Remote limit: images per minute",
                 type=SettingsFieldType.NUMBER,
-                default=0,
+                default=defaults["remote_images_per_minute"],
                 description="Your contract's limit; 0 uses the preset's (IONOS: 10 per minute, bursts of 20).",
             ),
             SettingsField(
                 id="remote_burst",
                 title="Remote limit: burst",
                 type=SettingsFieldType.NUMBER,
-                default=0,
+                default=defaults["remote_burst"],
                 description="Images allowed at once before the per-minute limit applies; 0 uses the preset's.",
             ),
             SettingsField(
                 id="local_model",
                 title="Local model",
                 type=SettingsFieldType.SELECT,
-                default="",
+                default=defaults["local_model"],
                 options={"Default for this server's hardware": "", **{model: model for model in local_model_ids}},
                 description="Models whose weights this server has or downloads on installation.",
             ),
@@ -195,28 +229,28 @@ def settings_form(local_model_ids: tuple[str, ...], sizes: tuple[str, ...]) -> S
                 id="default_size",
                 title="Default image size",
                 type=SettingsFieldType.SELECT,
-                default="",
+                default=defaults["default_size"],
                 options={"The model's default": "", **{size: size for size in sizes}},
             ),
             SettingsField(
                 id="default_steps",
                 title="Default steps (local models)",
                 type=SettingsFieldType.NUMBER,
-                default=0,
+                default=defaults["default_steps"],
                 description="0 uses the model's default (FLUX.1-schnell: 4, SDXL-Turbo: 1–4, SDXL: 30).",
             ),
             SettingsField(
                 id="prompt_length_policy",
                 title="Prompts longer than the model accepts",
                 type=SettingsFieldType.SELECT,
-                default="reject",
+                default=defaults["prompt_length_policy"],
                 options={"Fail with a message naming the limit": "reject", "Shorten them to the limit": "truncate"},
             ),
             SettingsField(
                 id="watermark",
                 title='Visible "AI-generated" mark',
                 type=SettingsFieldType.CHECKBOX,
-                default=True,
+                default=defaults["watermark"],
                 label="Add the mark when the task asks for it (Nextcloud's default)",
                 description="PNG metadata always says the image is AI-generated.",
             ),
@@ -224,21 +258,21 @@ def settings_form(local_model_ids: tuple[str, ...], sizes: tuple[str, ...]) -> S
                 id="include_prompt_in_metadata",
                 title="Prompt in image metadata",
                 type=SettingsFieldType.CHECKBOX,
-                default=False,
+                default=defaults["include_prompt_in_metadata"],
                 label="Store the prompt inside each PNG",
             ),
             SettingsField(
                 id="local_wait_limit",
                 title="Fallback wait (seconds)",
                 type=SettingsFieldType.NUMBER,
-                default=30,
+                default=defaults["local_wait_limit"],
                 description="With the fallback: how long a task waits for a busy local GPU before going remote.",
             ),
             SettingsField(
                 id="api_keys",
                 title="API keys for /v1",
                 type=SettingsFieldType.PASSWORD,
-                default="",
+                default=defaults["api_keys"],
                 sensitive=True,
                 description="Comma-separated bearer keys for the OpenAI-compatible API (other apps, scripts).",
             ),
@@ -246,22 +280,44 @@ def settings_form(local_model_ids: tuple[str, ...], sizes: tuple[str, ...]) -> S
                 id="api_rate_limit",
                 title="API limit per user or key (requests per minute)",
                 type=SettingsFieldType.NUMBER,
-                default=0,
+                default=defaults["api_rate_limit"],
                 description="0 means no limit beyond the backend's own.",
             ),
         ],
     )
 
 
+FormValue = bool | int | float | str
+
+
+def form_defaults(environment: Mapping[str, str]) -> dict[str, FormValue]:
+    """Each field's form default: its environment default when valid, else the built-in one; secrets always empty."""
+    defaults: dict[str, FormValue] = {}
+    for name, field in RuntimeConfig.model_fields.items():
+        value: object = field.default
+        if name in environment and name not in SENSITIVE_FIELDS:
+            with contextlib.suppress(ValidationError):
+                value = getattr(RuntimeConfig.model_validate({name: environment[name]}), name)
+        if isinstance(value, ImageSize):
+            value = str(value)
+        defaults[name] = value if isinstance(value, FormValue) else ""  # a secret, or no size: "the default"
+    return defaults
+
+
 class ConfigReader:
     """Reads the runtime config per task / request: saved values (from Nextcloud) over environment defaults."""
 
     def __init__(
-        self, fetch: Callable[[tuple[str, ...]], Awaitable[dict[str, str]]] | None, defaults: Mapping[str, str]
+        self,
+        fetch: Callable[[tuple[str, ...]], Awaitable[dict[str, str]]] | None,
+        defaults: Mapping[str, str],
+        *,
+        automatic: AutomaticBackend = "remote",
     ) -> None:
         self._fetch = fetch
         self._defaults = dict(defaults)
+        self._automatic: AutomaticBackend = automatic
 
     async def load(self) -> RuntimeConfig:
         saved = await self._fetch(FIELD_IDS) if self._fetch is not None else {}
-        return config_from_values(saved, self._defaults)
+        return config_from_values(saved, self._defaults, automatic=self._automatic)

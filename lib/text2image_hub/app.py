@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -13,14 +14,16 @@ from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from nc_py_api.ex_app.ui.settings import SettingsForm
 
-from .admin import FORM_ID, SENSITIVE_FIELDS, ConfigReader, settings_form
+from .admin import SENSITIVE_FIELDS, ConfigReader, settings_form
 from .api import ApiState, install_api
 from .auth import appapi_user
 from .errors import ConfigurationError, NextcloudUnavailableError, Text2ImageError
 from .metrics import Metrics
 from .nextcloud import NextcloudGateway, NextcloudLogForwarder
+from .registration import Registration
 from .service import BackendSet, ImageService
 from .settings import Settings
+from .status import STANDALONE_HINT, setup_status
 from .worker import TaskWorker, WorkerTiming
 
 logger = logging.getLogger(__name__)
@@ -93,18 +96,20 @@ def create_app(
         service = ImageService(backend_set, settings.app_version)
         metrics = Metrics()
         gateway = None if settings.standalone else NextcloudGateway(settings)
-        config = ConfigReader(gateway.config_values if gateway else None, settings.config_defaults)
+        config = ConfigReader(
+            gateway.config_values if gateway else None, settings.config_defaults, automatic=settings.automatic_backend
+        )
         exapp = None
         if gateway is not None:
-            worker = TaskWorker(gateway, service, config, timing, metrics)
+            registration = Registration(gateway, functools.partial(_form, settings))
+            worker = TaskWorker(gateway, service, config, registration, timing, metrics)
             metrics.track_tasks_in_progress(lambda: worker.busy)
             exapp = ExAppParts(gateway, worker)
         api = ApiState.create(settings, metrics)
         hub = Hub(settings, service, config, exapp, api)
-        background = [
-            asyncio.create_task(_warm_up(hub), name="warm-up"),
-            asyncio.create_task(api.run_sweeper(), name="image-sweeper"),
-        ]
+        background = [asyncio.create_task(api.run_sweeper(), name="image-sweeper")]
+        if settings.standalone:
+            background.append(asyncio.create_task(_warm_up(hub), name="warm-up"))
         app_logger = logging.getLogger("text2image_hub")
         forwarder = None
         if exapp is not None:
@@ -162,20 +167,33 @@ def _add_lifecycle_routes(app: FastAPI) -> None:
 
 
 async def _warm_up(hub: Hub) -> None:
-    """Load the configured backend once at start-up (weights already on disk; downloads happen in /init)."""
+    """Standalone: get the configured backend ready (waiting for a download), then say once how things stand and
+    what to do. (Under Nextcloud, /init and the worker's passes do this.)"""
     try:
         config = await hub.config.load()
-        await hub.service.backends.prepare(config, _no_progress, download=hub.settings.standalone)
-    except (Text2ImageError, OSError) as exc:
-        logger.warning("backend not ready at start-up: %s", exc)
+    except Text2ImageError as exc:
+        logger.warning("not ready: %s. %s", exc, STANDALONE_HINT)
+        return
+    await hub.service.backends.prepare(config, _quietly)
+    status = setup_status(config, hub.service.backends)
+    if status.usable:
+        logger.info("ready: %s", status.text)
+    else:
+        logger.warning("not ready: %s. %s", status.text, STANDALONE_HINT)
 
 
-async def _no_progress(_: int) -> None:
-    return None
+async def _quietly(_: int) -> None:
+    """Download progress nobody is shown (it is logged every few percent)."""
 
 
 async def _initialize(hub: Hub, gateway: NextcloudGateway) -> None:
-    """/init: make the backend ready (downloading weights if needed), reporting progress; 100 when done."""
+    """/init: download the configured local model's weights if they are missing (progress 0..99), then 100.
+
+    Init never reports an error: AppAPI never enables an app whose init failed, so the admin would get no settings
+    form to fix the cause (switch to the remote backend, enter a token, point T2I_MODEL_PATH elsewhere). A failed
+    download is logged at error level (nextcloud.log), shown by /readyz and the settings form, and named in the
+    message tasks fail with.
+    """
     last = -1
 
     async def progress(percent: int) -> None:
@@ -185,17 +203,14 @@ async def _initialize(hub: Hub, gateway: NextcloudGateway) -> None:
             with contextlib.suppress(NextcloudUnavailableError):
                 await gateway.set_init_status(min(percent, 99))
 
-    status, error = 100, ""
     try:
         config = await hub.config.load()
-        await hub.service.backends.prepare(config, progress, download=True)
     except ConfigurationError as exc:
         logger.warning("init: %s (the admin can fix it in the settings form)", exc)
-    except Text2ImageError as exc:
-        logger.error("init failed: %s", exc)
-        status, error = max(last, 0), f"Text2Image Hub could not prepare its model: {exc}"
+    else:
+        await hub.service.backends.prepare(config, progress)
     try:
-        await gateway.set_init_status(status, error)
+        await gateway.set_init_status(100)
     except NextcloudUnavailableError as exc:
         logger.error("could not report the init status to Nextcloud: %s", exc)
 
@@ -205,11 +220,9 @@ async def _set_enabled(hub: Hub, enabled: bool) -> str:
     try:
         if enabled:
             await parts.gateway.ensure_sensitive_keys(SENSITIVE_FIELDS)
-            await parts.gateway.register_form(_form())
             await parts.worker.enable()
         else:
             await parts.worker.disable()
-            await parts.gateway.unregister_form(FORM_ID)
     except Text2ImageError as exc:
         logger.error("enabled=%s failed: %s", enabled, exc)
         return str(exc)
@@ -217,9 +230,11 @@ async def _set_enabled(hub: Hub, enabled: bool) -> str:
     return ""
 
 
-def _form() -> SettingsForm:
+def _form(settings: Settings, status: str) -> SettingsForm:
     from .backends.catalog import local_models
 
     specs = local_models()
     sizes = sorted({size for spec in specs for size in spec.sizes})
-    return settings_form(tuple(spec.id for spec in specs), tuple(str(size) for size in sizes))
+    return settings_form(
+        tuple(spec.id for spec in specs), tuple(str(size) for size in sizes), settings.config_defaults, status
+    )

@@ -6,10 +6,9 @@ Nextcloud checks input types only: an empty prompt, ``numberOfImages: 500`` or `
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from nc_py_api.ex_app.providers.task_processing import (
     ShapeDescriptor,
@@ -22,12 +21,11 @@ from .backends import ModelInfo
 from .errors import InvalidRequestError
 from .imaging import ImageSize
 
-logger = logging.getLogger(__name__)
-
 PROVIDER_ID = "text2image_hub"
 TASK_TYPE = "core:text2image"
 MAX_IMAGES_PER_TASK = 12
 RANDOM_SEED = -1
+UNCONFIGURED = "not configured"
 _BACKEND_LABELS = {"local": "on this server", "remote": "remote service"}
 
 
@@ -45,8 +43,8 @@ def unconfigured_model() -> ModelInfo:
     """What the provider declares while the admin settings are incomplete (tasks then fail with a clear message)."""
     sizes = (ImageSize(1024, 1024), ImageSize(768, 768), ImageSize(512, 512))
     return ModelInfo(
-        id="not configured",
-        backend="not configured",
+        id=UNCONFIGURED,
+        backend=UNCONFIGURED,
         sizes=sizes,
         default_size=sizes[0],
         steps=None,
@@ -61,9 +59,12 @@ def provider_declaration(
     model: ModelInfo, default_size: ImageSize, *, fallback: bool = False
 ) -> TaskProcessingProvider:
     """Our provider as Assistant shows it: name, honest expected runtime, size choices and a seed."""
-    where = _BACKEND_LABELS.get(model.backend, model.backend)
-    short_model = model.id.rsplit("/", 1)[-1]
-    name = f"Text2Image Hub: {short_model} ({where}{', remote fallback' if fallback else ''})"
+    if model.backend == UNCONFIGURED:
+        name = "Text2Image Hub (not configured yet)"
+    else:
+        where = _BACKEND_LABELS.get(model.backend, model.backend)
+        short_model = model.id.rsplit("/", 1)[-1]
+        name = f"Text2Image Hub: {short_model} ({where}{', remote fallback' if fallback else ''})"
     return TaskProcessingProvider(
         id=PROVIDER_ID,
         name=name,
@@ -151,30 +152,3 @@ def _integer(value: object) -> int | None:
                 return None
             return int(number) if number.is_integer() else None
     return None
-
-
-class ProviderRegistry(Protocol):
-    async def register_provider(self, provider: TaskProcessingProvider) -> None: ...
-
-    async def unregister_provider(self, provider_id: str) -> None: ...
-
-
-class ProviderRegistration:
-    """Keeps the registered declaration in step with the active backend (re-registers when it changes)."""
-
-    def __init__(self, registry: ProviderRegistry) -> None:
-        self._registry = registry
-        self._registered: TaskProcessingProvider | None = None
-
-    async def sync(self, declaration: TaskProcessingProvider) -> bool:
-        """Register ``declaration`` unless it is what Nextcloud already has; True when it registered."""
-        if declaration == self._registered:
-            return False
-        await self._registry.register_provider(declaration)
-        self._registered = declaration
-        logger.info("registered provider %r (expected runtime %d s)", declaration.name, declaration.expected_runtime)
-        return True
-
-    async def withdraw(self) -> None:
-        await self._registry.unregister_provider(PROVIDER_ID)
-        self._registered = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .admin import RuntimeConfig
-from .backends import Backend, GenerationControl, GenerationRequest, ModelInfo
+from .backends import Backend, GenerationControl, GenerationRequest, LocalModelStatus, ModelInfo
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -69,18 +69,29 @@ class GenerationResult:
 
 
 class BackendSet(Protocol):
-    """Where the service gets its backends: the warm local one and the remote one for the current config."""
+    """Where the service gets its backends: the configured local model and the remote one for the current config."""
 
-    async def local(self, config: RuntimeConfig) -> Backend | None:
-        """The loaded local backend for ``config.local_model``; None when this server has none."""
+    def local_model(self, config: RuntimeConfig) -> ModelInfo:
+        """The configured local model, loaded or not; ``ConfigurationError`` when the config or folder is wrong."""
+        ...
+
+    async def local(self, config: RuntimeConfig) -> Backend:
+        """The loaded local backend; ``BackendUnavailableError`` (downloading, failed) or ``ConfigurationError``."""
+        ...
+
+    def local_status(self, config: RuntimeConfig) -> LocalModelStatus:
+        """Where the configured local model stands (downloading, loading, ready, failed, …)."""
         ...
 
     def remote(self, config: RuntimeConfig) -> Backend:
         """The remote backend for the configured account (shared limits); raises ``ConfigurationError``."""
         ...
 
-    async def prepare(self, config: RuntimeConfig, progress: ProgressCallback, *, download: bool) -> None:
-        """Make the configured backend ready (load the model; download its weights first if ``download``)."""
+    async def prepare(self, config: RuntimeConfig, progress: ProgressCallback | None = None) -> None:
+        """Start what the configured local model needs; with ``progress`` (``/init``) wait for its download.
+
+        Never raises for a failed download or load: those are kept and reported by ``local_status``.
+        """
         ...
 
     async def ready(self, config: RuntimeConfig) -> bool:
@@ -104,24 +115,22 @@ class ImageService:
         """The models usable with this config, the primary (the one tasks use) first."""
         found: list[ModelInfo] = []
         if config.backend != "remote":
-            local = await self._backends.local(config)
-            if local is not None:
-                found.append(local.model)
+            with contextlib.suppress(ConfigurationError):
+                found.append(self._backends.local_model(config))
         if _remote_in_play(config):
             with contextlib.suppress(ConfigurationError):
                 found.append(self._backends.remote(config).model)
+        if config.backend == "local_then_remote" and self._backends.local_status(config).failed:
+            found.reverse()  # the remote model is the one that works now
         return found
 
     async def primary_model(self, config: RuntimeConfig) -> ModelInfo:
-        """The model tasks run on with this config (the provider declares its sizes and runtime)."""
+        """The model tasks run on with this config (the provider declares its sizes and runtime); nothing is loaded."""
         if config.backend == "remote":
             return self._backends.remote(config).model
-        local = await self._backends.local(config)
-        if local is not None:
-            return local.model
-        if config.backend == "local_then_remote":
+        if config.backend == "local_then_remote" and self._backends.local_status(config).failed:
             return self._backends.remote(config).model
-        raise BackendUnavailableError("the local model is not available on this server")
+        return self._backends.local_model(config)
 
     def task_slots(self, config: RuntimeConfig) -> int:
         """How many tasks may run at once: one for a GPU, several for a rate-limited remote service."""
@@ -138,10 +147,7 @@ class ImageService:
         elif config.backend == "remote":
             result = await self._run(self._backends.remote(config), spec, config, control, gpu=False)
         elif config.backend == "local":
-            local = await self._backends.local(config)
-            if local is None:
-                raise BackendUnavailableError("the local backend has no model loaded")
-            result = await self._run(local, spec, config, control, gpu=True)
+            result = await self._run(await self._backends.local(config), spec, config, control, gpu=True)
         else:
             result = await self._local_then_remote(spec, config, control)
         logger.info(
@@ -157,9 +163,9 @@ class ImageService:
 
     async def _backend_for_model(self, model_id: str, config: RuntimeConfig) -> tuple[Backend, bool]:
         if config.backend != "remote":
-            local = await self._backends.local(config)
-            if local is not None and local.model.id == model_id:
-                return local, True
+            with contextlib.suppress(ConfigurationError):
+                if self._backends.local_model(config).id == model_id:
+                    return await self._backends.local(config), True
         if _remote_in_play(config):
             remote = self._backends.remote(config)
             if remote.model.id == model_id:
@@ -171,9 +177,10 @@ class ImageService:
     async def _local_then_remote(
         self, spec: GenerationSpec, config: RuntimeConfig, control: GenerationControl
     ) -> GenerationResult:
-        local = await self._backends.local(config)
-        if local is None:
-            logger.warning("local model unavailable: the task runs on the remote backend")
+        try:
+            local = await self._backends.local(config)
+        except (BackendUnavailableError, ConfigurationError) as exc:
+            logger.warning("local model unavailable (%s): the task runs on the remote backend", exc)
             return await self._run(self._backends.remote(config), spec, config, control, gpu=False)
         try:
             await asyncio.wait_for(self._gpu.acquire(), timeout=config.local_wait_limit)
@@ -268,5 +275,6 @@ class ImageService:
 
 
 def _remote_in_play(config: RuntimeConfig) -> bool:
-    """The remote backend serves this config: it is chosen (alone or as fallback), or a token makes it usable."""
-    return config.backend != "local" or bool(config.remote_api_key.get_secret_value())
+    """The remote backend serves this config only when it is chosen (alone or as the fallback): with ``local``, no
+    prompt ever leaves the server, even when a token is saved."""
+    return config.backend != "local"

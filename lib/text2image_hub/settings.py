@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         return self.nextcloud_url is None
 
     @property
+    def automatic_backend(self) -> Literal["local", "remote"]:
+        """What ``backend=auto`` means here: the local pipeline on a GPU or with a model folder, else remote."""
+        return "local" if self.torch_device == "cuda" or self.model_path is not None else "remote"
+
+    @property
     def torch_device(self) -> str:
         return "cuda" if self.compute_device in ("CUDA", "ROCM") else "cpu"
 

@@ -30,14 +30,17 @@ from .errors import (
 )
 from .metrics import Metrics
 from .nextcloud import STATUS_CANCELLED, STATUS_GONE, ClaimedTask
-from .provider import PROVIDER_ID, ProviderRegistration, TaskInput, provider_declaration, unconfigured_model
+from .provider import PROVIDER_ID, TaskInput, provider_declaration, unconfigured_model
+from .registration import Registration
 from .service import GenerationResult, GenerationSpec, ImageService
+from .status import SetupStatus, setup_status
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 INTERNAL_ERROR_MESSAGE = "The image could not be generated because of an internal error. Please try again later."
 SHUTDOWN_MESSAGE = "The image service restarted before your image was ready. Please try again."
+NEXTCLOUD_LOG_WARNING = 2
 NEXTCLOUD_LOG_ERROR = 3
 
 
@@ -55,10 +58,6 @@ class TaskGateway(Protocol):
     async def report_failure(self, task_id: int, admin_message: str, user_message: str) -> str: ...
 
     async def enabled(self) -> bool: ...
-
-    async def register_provider(self, provider: TaskProcessingProvider) -> None: ...
-
-    async def unregister_provider(self, provider_id: str) -> None: ...
 
     async def log(self, level: int, message: str) -> None: ...
 
@@ -93,6 +92,7 @@ class TaskWorker:
         gateway: TaskGateway,
         service: ImageService,
         config: ConfigReader,
+        registration: Registration,
         timing: WorkerTiming | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -101,7 +101,8 @@ class TaskWorker:
         self._service = service
         self._config = config
         self._timing = timing or WorkerTiming()
-        self._registration = ProviderRegistration(gateway)
+        self._registration = registration
+        self._status: SetupStatus | None = None
         self._wake = asyncio.Event()
         self._enabled: bool | None = None  # None: ask Nextcloud (AppAPI does not call /enabled after a restart)
         self._stopping = False
@@ -112,9 +113,8 @@ class TaskWorker:
         self._wake.set()
 
     async def enable(self) -> None:
-        """Register the provider for the current config and start claiming tasks."""
-        config = await self._config.load()
-        await self._registration.sync(await self._declaration(config))
+        """Register the provider and the settings form for the current config and start claiming tasks."""
+        await self._sync_registration(enabling=True)
         self._enabled = True
         self.wake()
 
@@ -147,20 +147,15 @@ class TaskWorker:
             await self._idle(self._timing.poll_interval)
 
     async def _claim_while_slots_free(self) -> None:
+        restored = False
         if self._enabled is None:
-            self._enabled = await self._gateway.enabled()
+            self._enabled = restored = await self._gateway.enabled()
             logger.info("enabled state from Nextcloud: %s", self._enabled)
         if not self._enabled:
             return
-        slots = 1
-        try:
-            config = await self._config.load()
-        except ConfigurationError:
-            config = None  # tasks are still claimed, and fail with a message naming the setting
-        if config is not None:
-            slots = self._service.task_slots(config)
-            with contextlib.suppress(Text2ImageError):
-                await self._registration.sync(await self._declaration(config))
+        config = await self._sync_registration(enabling=restored)  # after a restart: register again
+        # with an invalid config, tasks are still claimed (one at a time) and fail with a message naming the setting
+        slots = self._service.task_slots(config) if config is not None else 1
         while not self._stopping and self._enabled and len(self._running) < slots:
             task = await self._gateway.claim_next(PROVIDER_ID)
             if task is None:
@@ -171,6 +166,31 @@ class TaskWorker:
             self._running[job] = control
             job.add_done_callback(self._finished)
 
+    async def _sync_registration(self, *, enabling: bool = False) -> RuntimeConfig | None:
+        """Read the config, start what the local model needs, and keep the provider and the form in step with it."""
+        config: RuntimeConfig | None = None
+        try:
+            config = await self._config.load()
+        except ConfigurationError as exc:
+            status = SetupStatus(False, exc.code, str(exc))
+        else:
+            await self._service.backends.prepare(config)
+            status = setup_status(config, self._service.backends)
+        await self._note(status)
+        await self._registration.sync(await self._declaration(config), status.text, enabling=enabling)
+        return config
+
+    async def _note(self, status: SetupStatus) -> None:
+        """Log the setup status when it changes (not on every pass); a problem also goes to nextcloud.log."""
+        previous, self._status = self._status, status
+        if previous is not None and (previous.code, previous.usable) == (status.code, status.usable):
+            return
+        if status.usable:
+            logger.info("ready: %s", status.text)
+        else:
+            logger.warning("not ready: %s", status.text)
+            await self._gateway.log(NEXTCLOUD_LOG_WARNING, f"Text2Image Hub is not ready: {status.text}")
+
     def _finished(self, job: asyncio.Task[None]) -> None:
         self._running.pop(job, None)
         self._wake.set()  # a slot is free: look for the next task at once
@@ -180,12 +200,13 @@ class TaskWorker:
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
-    async def _declaration(self, config: RuntimeConfig) -> TaskProcessingProvider:
+    async def _declaration(self, config: RuntimeConfig | None) -> TaskProcessingProvider:
+        if config is None:
+            return provider_declaration(unconfigured_model(), unconfigured_model().default_size)
         try:
             model = await self._service.primary_model(config)
-        except (ConfigurationError, BackendUnavailableError) as exc:
-            logger.warning("provider declared without a model until this is fixed: %s", exc)
-            model = unconfigured_model()
+        except (ConfigurationError, BackendUnavailableError):
+            model = unconfigured_model()  # the status line (logged on change) says why
         chosen = config.default_size
         default = chosen if chosen is not None and chosen in model.sizes else model.default_size
         return provider_declaration(model, default, fallback=config.backend == "local_then_remote")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..errors import Text2ImageError
+from ..status import setup_status
 from .state import ApiHub
 
 router = APIRouter(tags=["operations"])
@@ -30,12 +31,16 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         config = await hub.config.load()
     except Text2ImageError as exc:
-        return JSONResponse({"status": "not ready", "reason": exc.code}, status_code=503)
+        return JSONResponse({"status": "not ready", "reason": exc.code, "detail": str(exc)}, status_code=503)
+    status = setup_status(config, hub.service.backends)
+    body: dict[str, object] = {"backend": config.backend, "detail": status.text}
+    if status.percent is not None:
+        body["progress"] = status.percent
+    if not status.usable:
+        return JSONResponse({"status": "not ready", "reason": status.code, **body}, status_code=503)
     if not await hub.service.backends.ready(config):
-        return JSONResponse(
-            {"status": "not ready", "reason": "BACKEND_NOT_READY", "backend": config.backend}, status_code=503
-        )
-    return JSONResponse({"status": "ready", "backend": config.backend})
+        return JSONResponse({"status": "not ready", "reason": "BACKEND_NOT_READY", **body}, status_code=503)
+    return JSONResponse({"status": "ready", **body})
 
 
 @router.get(

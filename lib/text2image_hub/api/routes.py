@@ -34,9 +34,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..admin import RuntimeConfig
 from ..auth import appapi_user, bearer_token, matching_key
 from ..backends import ModelInfo
-from ..errors import AuthenticationError, InvalidRequestError, NotFoundError, RateLimitError, Text2ImageError
+from ..errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitError,
+    Text2ImageError,
+)
 from ..service import GenerationResult, GenerationSpec
 from ..settings import Settings
+from ..status import STANDALONE_HINT, setup_status
 from .limits import cache_key
 from .schemas import (
     MAX_IMAGES,
@@ -437,6 +446,13 @@ async def _generate(spec: GenerationSpec, context: ApiContext, *, use_cache: boo
     failure = "INTERNAL_ERROR"
     try:
         result = await context.hub.service.generate(spec, context.config)
+    except (ConfigurationError, BackendUnavailableError) as exc:
+        failure = exc.code
+        status = setup_status(context.config, context.hub.service.backends)
+        if context.hub.settings.standalone and not status.usable and status.code != "MODEL_DOWNLOADING":
+            # standalone, the setup is the operator's own: say what is missing and how to fix it
+            raise BackendUnavailableError(str(exc), user_message=f"{status.text}. {STANDALONE_HINT}") from exc
+        raise
     except Text2ImageError as exc:
         failure = exc.code
         raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ..errors import GenerationCancelledError
 
@@ -42,6 +42,27 @@ class ModelInfo:
     seconds_per_image: float
     max_prompt_length: int | None = None
     license: str = ""
+
+
+ModelState = Literal["ready", "loading", "not_loaded", "downloading", "waiting", "missing", "download_failed", "failed"]
+
+
+@dataclass(frozen=True)
+class LocalModelStatus:
+    """Where the configured local model stands. ``percent`` while downloading; ``reason`` when it failed."""
+
+    model: str
+    state: ModelState
+    percent: int | None = None
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def failed(self) -> bool:
+        return self.state in ("failed", "download_failed")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ class LocalModelSpec:
     id: str
     pipeline_class: str
     """The diffusers pipeline class named in the repository's ``model_index.json``."""
+    scheduler_class: str
+    """The scheduler class its ``model_index.json`` names: tells SDXL-Turbo's folder from SDXL base's."""
     components: tuple[str, ...]
     """Sub-folders of the repository that the pipeline loads (nothing else is downloaded)."""
     denoiser: str
@@ -124,6 +126,7 @@ _MODELS = (
     LocalModelSpec(
         id=FLUX_SCHNELL,
         pipeline_class="FluxPipeline",
+        scheduler_class="FlowMatchEulerDiscreteScheduler",
         components=("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae"),
         denoiser="transformer",
         variant=None,
@@ -145,6 +148,7 @@ _MODELS = (
     LocalModelSpec(
         id=SDXL_TURBO,
         pipeline_class="StableDiffusionXLPipeline",
+        scheduler_class="EulerAncestralDiscreteScheduler",
         components=_SDXL_COMPONENTS,
         denoiser="unet",
         variant="fp16",
@@ -166,6 +170,7 @@ _MODELS = (
     LocalModelSpec(
         id=SDXL_BASE,
         pipeline_class="StableDiffusionXLPipeline",
+        scheduler_class="EulerDiscreteScheduler",
         components=_SDXL_COMPONENTS,
         denoiser="unet",
         variant="fp16",
@@ -212,6 +217,40 @@ def default_local_model(device: str) -> LocalModelSpec:
     on the order of ten minutes per image there; SDXL base, 30 steps with guidance at 1024x1024, several minutes.
     """
     return local_model(FLUX_SCHNELL if device.startswith("cuda") else SDXL_TURBO)
+
+
+def model_for_folder(pipeline_class: str, scheduler_class: str, chosen: str = "") -> LocalModelSpec:
+    """The catalog entry a weights folder holds, from the classes its ``model_index.json`` names.
+
+    ``chosen`` is the admin's ``local_model`` ("" for none): it must be a model of the folder's pipeline class. Without
+    it, SDXL-Turbo and SDXL base (one pipeline class) are told apart by their schedulers. Anything that matches no
+    entry, or more than one, is a ``ConfigurationError`` on ``model_path`` (or on ``local_model`` when it contradicts
+    the folder) that says what the folder holds.
+    """
+    candidates = [spec for spec in _MODELS if spec.pipeline_class == pipeline_class]
+    held = f"a {pipeline_class or 'folder without a pipeline class'}"
+    if chosen:
+        spec = local_model(chosen)
+        if spec in candidates:
+            return spec
+        raise ConfigurationError(
+            f"The local model is set to {spec.id}, but the folder in T2I_MODEL_PATH holds {held} "
+            f"(not the {spec.pipeline_class} of {spec.id}): set local_model to match the folder, or point "
+            "T2I_MODEL_PATH at the right folder.",
+            field="local_model",
+        )
+    if len(candidates) > 1:
+        by_scheduler = [spec for spec in candidates if spec.scheduler_class == scheduler_class]
+        candidates = by_scheduler if len(by_scheduler) == 1 else candidates
+    if len(candidates) == 1:
+        return candidates[0]
+    supported = ", ".join(f"{spec.id} ({spec.pipeline_class})" for spec in _MODELS)
+    problem = "could be several models" if candidates else "matches no supported model"
+    raise ConfigurationError(
+        f"The folder in T2I_MODEL_PATH holds {held} with a {scheduler_class or 'unknown'} scheduler, which "
+        f"{problem}. Supported: {supported}; set local_model to say which it is.",
+        field="model_path",
+    )
 
 
 def check_speedups(names: Iterable[str]) -> frozenset[str]:

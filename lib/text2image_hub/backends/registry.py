@@ -2,61 +2,44 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..admin import RuntimeConfig
-from ..errors import BackendUnavailableError, Text2ImageError
+from ..errors import ConfigurationError, Text2ImageError
 from ..settings import Settings
-from . import Backend
-from .catalog import LocalModelSpec, default_local_model, local_model
+from . import Backend, ModelInfo
+from .provisioning import LocalModels, LocalModelStatus, ProgressCallback
 from .remote import RemoteAccount, RemoteBackendPool, preset, remote_http_client
-from .weights import download_weights, weights_dir, weights_present
-
-if TYPE_CHECKING:
-    from .local import LocalBackend
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int], Awaitable[None]]
 REACHABILITY_TTL = 60.0  # seconds a remote reachability check is remembered
 
 
 class Backends:
     """A ``service.BackendSet`` over the real backends."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, local_models: LocalModels | None = None) -> None:
         self._settings = settings
         self._http = remote_http_client()
         self._pool = RemoteBackendPool(self._http)
-        self._local: LocalBackend | None = None
-        self._loading = asyncio.Lock()
+        self._local = local_models if local_models is not None else LocalModels(settings)
         self._reachable: dict[tuple[str, str, str], tuple[float, bool]] = {}
 
-    def local_spec(self, config: RuntimeConfig) -> LocalModelSpec:
-        if config.local_model:
-            return local_model(config.local_model)
-        return default_local_model(self._settings.torch_device)
+    @property
+    def local_models(self) -> LocalModels:
+        return self._local
 
-    def _model_dir(self, spec: LocalModelSpec) -> Path:
-        if self._settings.model_path is not None:
-            return self._settings.model_path
-        return weights_dir(self._settings.persistent_storage, spec.id)
+    def local_model(self, config: RuntimeConfig) -> ModelInfo:
+        return self._local.spec(config).model_info(self._settings.torch_device)
 
-    async def local(self, config: RuntimeConfig) -> Backend | None:
-        spec = self.local_spec(config)
-        if self._local is not None and self._local.spec.id == spec.id:
-            return self._local
-        if config.backend == "remote":
-            return None
-        model_dir = self._model_dir(spec)
-        if not weights_present(model_dir):
-            return None
-        return await self._load(spec, model_dir)
+    async def local(self, config: RuntimeConfig) -> Backend:
+        return await self._local.backend(config)
+
+    def local_status(self, config: RuntimeConfig) -> LocalModelStatus:
+        return self._local.status(config)
 
     def remote_account(self, config: RuntimeConfig) -> RemoteAccount:
         """The configured remote service; raises ``ConfigurationError`` naming a missing or invalid field."""
@@ -72,43 +55,19 @@ class Backends:
     def remote(self, config: RuntimeConfig) -> Backend:
         return self._pool.backend_for(self.remote_account(config))
 
-    async def prepare(self, config: RuntimeConfig, progress: ProgressCallback, *, download: bool) -> None:
-        if config.backend != "local":
-            self.remote(config)  # checks the remote settings now rather than at the first task
+    async def prepare(self, config: RuntimeConfig, progress: ProgressCallback | None = None) -> None:
         if config.backend == "remote":
             return
-        spec = self.local_spec(config)
-        model_dir = self._model_dir(spec)
-        if not weights_present(model_dir):
-            if not download:
-                raise BackendUnavailableError(f"the weights of {spec.id} are not on this server yet")
-            model_dir = await download_weights(
-                spec.id, self._settings.persistent_storage, progress, model_path=self._settings.model_path
-            )
-        await self._load(spec, model_dir)
-
-    async def _load(self, spec: LocalModelSpec, model_dir: Path) -> LocalBackend:
-        async with self._loading:
-            if self._local is not None and self._local.spec.id == spec.id:
-                return self._local
-            from .local import LocalBackend  # torch and diffusers are imported here, never by remote-only setups
-
-            previous, self._local = self._local, None
-            if previous is not None:
-                await previous.aclose()
-            logger.info("loading %s from %s", spec.id, model_dir)
-            try:
-                self._local = await LocalBackend.load(
-                    spec, model_dir, device=self._settings.torch_device, speedups=self._settings.speedups
-                )
-            except (OSError, ValueError, RuntimeError) as exc:
-                raise BackendUnavailableError(f"could not load {spec.id} from {model_dir}: {exc}") from exc
-            return self._local
+        with contextlib.suppress(ConfigurationError):  # reported by status(), tasks and the log
+            if progress is None:
+                self._local.provision(config)
+            else:
+                await self._local.download(config, progress)
 
     async def ready(self, config: RuntimeConfig) -> bool:
         if config.backend == "local":
-            return self._local is not None
-        if config.backend == "local_then_remote" and self._local is not None:
+            return self._local.status(config).ready
+        if config.backend == "local_then_remote" and self._local.status(config).ready:
             return True
         return await self._remote_reachable(config)
 
@@ -133,7 +92,6 @@ class Backends:
         return reachable
 
     async def aclose(self) -> None:
-        if self._local is not None:
-            await self._local.aclose()
+        await self._local.aclose()
         await self._pool.aclose()
         await self._http.aclose()

@@ -14,12 +14,13 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 
-from ..errors import BackendUnavailableError, ConfigurationError
-from .catalog import LocalModelSpec, local_model
+from ..errors import BackendUnavailableError
+from .catalog import LocalModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +65,35 @@ def _component_complete(folder: Path) -> bool:
     return any(folder.glob("*.safetensors"))
 
 
-def weights_present(path: Path) -> bool:
-    """Whether ``path`` holds ``model_index.json`` and every component it names, weights included."""
+@dataclass(frozen=True)
+class FolderClasses:
+    """What a weights folder's ``model_index.json`` says it holds."""
+
+    pipeline: str
+    scheduler: str
+
+
+def _model_index(path: Path) -> dict[str, object] | None:
     try:
         index = json.loads((path / MODEL_INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    if not isinstance(index, dict):
-        return False
+        return None
+    return index if isinstance(index, dict) else None
+
+
+def folder_classes(path: Path) -> FolderClasses | None:
+    """The pipeline and scheduler classes named in ``path/model_index.json``; None when it is missing or unreadable."""
+    index = _model_index(path)
+    if index is None:
+        return None
+    scheduler = index.get("scheduler")
+    scheduler_class = scheduler[1] if isinstance(scheduler, list) and len(scheduler) == 2 else ""
+    return FolderClasses(str(index.get("_class_name") or ""), str(scheduler_class or ""))
+
+
+def weights_present(path: Path) -> bool:
+    """Whether ``path`` holds ``model_index.json`` and every component it names, weights included."""
+    index = _model_index(path) or {}
     components = [
         name
         for name, value in index.items()
@@ -101,60 +123,36 @@ def _download_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
-def _expected_bytes(spec: LocalModelSpec, token: str | None) -> int:
+def _expected_bytes(spec: LocalModelSpec) -> int:
     from huggingface_hub import HfApi
 
-    info = HfApi().model_info(spec.id, files_metadata=True, token=token)
+    info = HfApi().model_info(spec.id, files_metadata=True)
     sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
     return sum(sizes[name] for name in selected_files(spec, list(sizes)))
 
 
-def _snapshot(spec: LocalModelSpec, target: Path, token: str | None) -> None:
+def _snapshot(spec: LocalModelSpec, target: Path) -> None:
     from huggingface_hub import snapshot_download
 
     snapshot_download(
         spec.id,
         local_dir=target,
         allow_patterns=allow_patterns(spec),
-        token=token,
         max_workers=4,
     )
 
 
-async def download_weights(
-    model_id: str,
-    storage: Path,
-    progress: Callable[[int], Awaitable[None]],
-    *,
-    model_path: Path | None = None,
-    token: str | None = None,
-) -> Path:
-    """Make ``model_id``'s weights available on disk and return their folder.
+async def download_weights(spec: LocalModelSpec, target: Path, progress: Callable[[int], Awaitable[None]]) -> None:
+    """Fetch ``spec``'s weights from the hub into ``target`` (resuming what is there), reporting 0..99 percent.
 
-    ``model_path`` (the admin's ``T2I_MODEL_PATH``) is used as it is, with no network; it must hold complete
-    weights. Otherwise the weights go to ``weights_dir(storage, model_id)``; nothing is fetched when they are
-    already complete there. ``progress`` receives 0..99 while downloading (the caller reports 100 once the model
-    is loaded).
+    Raises ``BackendUnavailableError`` with the reason when the hub cannot be reached, refuses (401, 404), the disk
+    is full, or the files are incomplete afterwards.
     """
-    spec = local_model(model_id)
-    if model_path is not None:
-        if not weights_present(model_path):
-            raise ConfigurationError(
-                f"{model_path} does not hold complete diffusers weights (model_index.json and every component).",
-                field="T2I_MODEL_PATH",
-            )
-        logger.info("Using the local weights of %s at %s", model_id, model_path)
-        return model_path
-    target = weights_dir(storage, model_id)
-    if weights_present(target):
-        logger.info("Weights of %s already present at %s", model_id, target)
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    logger.info("Downloading the weights of %s to %s", model_id, target)
     await progress(0)
     try:
-        expected = await asyncio.to_thread(_expected_bytes, spec, token)
-        download = asyncio.create_task(asyncio.to_thread(_snapshot, spec, target, token))
+        await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+        expected = await asyncio.to_thread(_expected_bytes, spec)
+        download = asyncio.create_task(asyncio.to_thread(_snapshot, spec, target))
         reported = 0
         while not download.done():
             await asyncio.wait({download}, timeout=_POLL_SECONDS)
@@ -164,9 +162,19 @@ async def download_weights(
                 reported = percent
                 await progress(percent)
         await download
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"Downloading {spec.id} needs the local backend's packages ({exc.name}): install text2image_hub[local], "
+            "or use the remote backend."
+        ) from exc
     except _download_errors() as exc:
-        raise BackendUnavailableError(f"Downloading the weights of {model_id} failed: {exc}") from exc
-    if not weights_present(target):
-        raise BackendUnavailableError(f"The weights of {model_id} at {target} are incomplete after the download.")
+        raise BackendUnavailableError(f"Downloading the weights of {spec.id} failed: {_reason(exc)}") from exc
+    if not await asyncio.to_thread(weights_present, target):
+        raise BackendUnavailableError(f"The weights of {spec.id} at {target} are incomplete after the download.")
     await progress(99)
-    return target
+
+
+def _reason(exc: Exception) -> str:
+    """One line for the admin: the exception's type and first line (hub errors carry long multi-line bodies)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
