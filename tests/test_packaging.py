@@ -1,5 +1,6 @@
-"""What ships beside the code: appinfo/info.xml, the Dockerfile, ex_app/ (start.sh, healthcheck.sh, icons) and
-scripts/register.sh. Static checks, plus the shell scripts run against fakes (no Docker, no Nextcloud)."""
+"""What ships beside the code: appinfo/info.xml, the Dockerfile and the image's locks (requirements/), ex_app/
+(start.sh, healthcheck.sh, icons) and scripts/register.sh. Static checks, plus the shell scripts run against fakes
+(no Docker, no Nextcloud)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from pydantic import AliasChoices
 
 from text2image_hub.admin import RuntimeConfig, config_from_values
@@ -33,6 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 INFO_XML = REPO / "appinfo" / "info.xml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+MAKEFILE = REPO / "Makefile"
+FLAVOURS = ("cpu", "cuda")
 START_SH = REPO / "ex_app" / "start.sh"
 HEALTHCHECK_SH = REPO / "ex_app" / "healthcheck.sh"
 REGISTER_SH = REPO / "scripts" / "register.sh"
@@ -61,9 +68,13 @@ def text(element: ET.Element, path: str) -> str:
     return (found.text or "").strip()
 
 
-def pyproject_version() -> str:
+def pyproject() -> dict[str, Any]:
     with (REPO / "pyproject.toml").open("rb") as file:
-        value = tomllib.load(file)["project"]["version"]
+        return tomllib.load(file)
+
+
+def pyproject_version() -> str:
+    value = pyproject()["project"]["version"]
     assert isinstance(value, str)
     return value
 
@@ -302,6 +313,96 @@ def test_dockerignore_keeps_what_the_dockerfile_copies(dockerfile: str) -> None:
         assert dockerignore_includes(source, patterns), source
     for excluded in (".venv/bin/python", "tests/test_packaging.py", ".git/HEAD", "lib/text2image_hub/__pycache__/x"):
         assert not dockerignore_includes(excluded, patterns), excluded
+
+
+# --- requirements/: the image's locks --------------------------------------------------------------------------------
+
+
+def lock_path(flavour: str) -> Path:
+    return REPO / "requirements" / f"image-{flavour}.txt"
+
+
+def lock_entries(flavour: str) -> dict[str, tuple[str, list[str]]]:
+    """{canonical name: (version, sha256 digests)} of a lock, failing on any line that is not `name==version` with
+    hashes (an index option, an unpinned or editable requirement)."""
+    lines = [line for line in lock_path(flavour).read_text().splitlines() if not line.lstrip().startswith("#")]
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for entry in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines():
+        if not entry.strip():
+            continue
+        pin, *options = entry.split()
+        found = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)", pin)
+        assert found, entry
+        digests = [option.removeprefix("--hash=sha256:") for option in options]
+        assert digests, f"{pin} has no hash"
+        assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in digests), entry
+        name = canonicalize_name(found.group(1))
+        assert name not in entries, f"{name} twice"
+        entries[name] = (found.group(2), digests)
+    return entries
+
+
+def input_requirements(flavour: str) -> list[Requirement]:
+    lines = (REPO / "requirements" / f"image-{flavour}.in").read_text().splitlines()
+    return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def app_requirements() -> list[Requirement]:
+    config = pyproject()
+    specs = [*config["project"]["dependencies"], *config["project"]["optional-dependencies"]["local"]]
+    return [Requirement(spec) for spec in [*specs, *config["build-system"]["requires"]]]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_lock_pins_every_package_to_one_version_with_hashes(flavour: str) -> None:
+    entries = lock_entries(flavour)
+    assert len(entries) > 50
+    assert "text2image-hub" not in entries  # the app is installed from its source, not from the lock
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_lock_satisfies_pyproject_and_its_input(flavour: str) -> None:
+    entries = lock_entries(flavour)
+    requirements = [*app_requirements(), *input_requirements(flavour)]
+    for requirement in requirements:
+        name = canonicalize_name(requirement.name)
+        assert name in entries, f"{name} is missing from {lock_path(flavour).name}"
+        locked = Version(entries[name][0])
+        assert requirement.specifier.contains(locked, prereleases=True), f"{name}=={locked} outside {requirement}"
+    assert {"torch", "setuptools", "diffusers", "nc-py-api"} <= {canonicalize_name(r.name) for r in requirements}
+
+
+def test_cpu_lock_takes_the_cpu_build_of_torch_without_cuda() -> None:
+    entries = lock_entries("cpu")
+    assert Version(entries["torch"][0]).local == "cpu"
+    assert not [name for name in entries if re.match(r"nvidia-|cuda-|triton", name)]
+
+
+def test_cuda_lock_takes_pypis_cuda_12_8_build_of_torch() -> None:
+    entries = lock_entries("cuda")
+    assert Version(entries["torch"][0]).local is None  # PyPI's own wheel: its hashes are PyPI's
+    assert entries["nvidia-cuda-runtime-cu12"][0].startswith("12.8.")
+    assert "triton" in entries
+
+
+def test_locks_agree_on_everything_but_torch_and_its_cuda_libraries() -> None:
+    cpu, cuda = lock_entries("cpu"), lock_entries("cuda")
+    differing = {name for name in cpu.keys() & cuda.keys() if cpu[name][0] != cuda[name][0]}
+    assert differing == {"torch"}
+    assert not cpu.keys() - cuda.keys()
+
+
+def test_locks_come_from_make_lock_with_the_pinned_uv() -> None:
+    makefile = MAKEFILE.read_text()
+    uv_version = re.search(r"^UV_VERSION\s*:= (\d+\.\d+\.\d+)$", makefile, re.MULTILINE)
+    assert uv_version
+    assert "pip install --quiet uv==$(UV_VERSION)" in makefile
+    assert re.search(r"^lock: .*## ", makefile, re.MULTILINE)  # listed by `make help`
+    for option in ("--generate-hashes", "--python-version 3.11", "--python-platform x86_64-manylinux_2_28"):
+        assert option in makefile, option
+    for flavour in FLAVOURS:
+        header = lock_path(flavour).read_text().splitlines()[:2]
+        assert header[1] == f"#    make lock (uv {uv_version.group(1)}; CPython 3.11, linux x86_64 only)"
 
 
 # --- ex_app/ scripts and icons ----------------------------------------------------------------------------------------
