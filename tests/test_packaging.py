@@ -265,11 +265,35 @@ def test_dockerfile_enters_through_start_sh_and_checks_health(dockerfile: str) -
 
 def test_dockerfile_flavour_selects_cpu_or_cuda_torch(dockerfile: str) -> None:
     assert "ARG FLAVOUR=cpu" in dockerfile
-    assert re.search(r"^\s*cpu\)", dockerfile, re.MULTILINE)
-    assert re.search(r"^\s*cuda\)", dockerfile, re.MULTILINE)
-    assert "https://download.pytorch.org/whl/cpu" in dockerfile
-    assert re.search(r"https://download\.pytorch\.org/whl/cu12\d", dockerfile)
-    assert '"/src[local]"' in dockerfile
+    assert re.search(r"^\s*cpu\) set -- --find-links \"\$\{CPU_TORCH_LINKS\}\" ;;", dockerfile, re.MULTILINE)
+    assert re.search(r"^\s*cuda\) set -- ;;", dockerfile, re.MULTILINE)  # PyPI's torch is the CUDA build
+    assert "ARG CPU_TORCH_LINKS=https://download.pytorch.org/whl/cpu/torch/" in dockerfile
+
+
+def builder_runs(dockerfile: str) -> list[str]:
+    pairs = instructions(dockerfile)
+    last_from = max(index for index, (keyword, _) in enumerate(pairs) if keyword == "FROM")
+    return [rest for keyword, rest in pairs[:last_from] if keyword == "RUN"]
+
+
+def test_dockerfile_installs_every_package_from_the_flavours_lock_with_hashes(dockerfile: str) -> None:
+    copies = [rest.split() for keyword, rest in instructions(dockerfile) if keyword == "COPY"]
+    assert ["requirements/image-cpu.txt", "requirements/image-cuda.txt", "/src/requirements/"] in copies
+    installs = [run for run in builder_runs(dockerfile) if "pip install" in run]
+    assert len(installs) == 2
+    from_lock, app = installs
+    lock = '-r "/src/requirements/image-${FLAVOUR}.txt"'
+    for option in ("--require-hashes", "--no-deps", "--only-binary :all:", lock):
+        assert option in from_lock, option
+    # The app from its source tree, with nothing resolved: its dependencies and setuptools came from the lock.
+    assert "pip install --no-deps --no-build-isolation --no-index /src" in app
+    assert "pip check" in app
+    assert "import text2image_hub, torch, diffusers" in app
+
+
+def test_dockerfile_builds_only_for_the_architecture_the_locks_cover(dockerfile: str) -> None:
+    from_lock = next(run for run in builder_runs(dockerfile) if "--require-hashes" in run)
+    assert 'if [ "${arch}" != amd64 ]; then' in from_lock
 
 
 def test_dockerfile_sets_the_runtime_environment(dockerfile: str, info: ET.Element) -> None:
