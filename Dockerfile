@@ -6,7 +6,7 @@
 #   FLAVOUR=cuda  PyTorch with CUDA 12.8 (the driver comes from the host through the NVIDIA container runtime)
 #
 # Reproducible: the Python packages come from requirements/image-<flavour>.txt, hash-pinned locks that `make lock`
-# regenerates from pyproject.toml and requirements/image-<flavour>.in.
+# regenerates from pyproject.toml and requirements/image-<flavour>.in; frpc is pinned to a version and its sha256.
 #
 # Tags: AppAPI pulls "<image>:<image-tag>-<compute device>" first (…-cpu, …-cuda, …-rocm), then "<image>:<image-tag>".
 # The Makefile builds and tags them from appinfo/info.xml's version, e.g. for 1.0.0:
@@ -25,9 +25,13 @@ ARG FLAVOUR=cpu
 # Where pip finds the CPU flavour's torch (torch==…+cpu in requirements/image-cpu.txt): PyTorch's CPU index, the only
 # place that publishes the CPU build. Everything else, and the CUDA flavour's torch, comes from PyPI.
 ARG CPU_TORCH_LINKS=https://download.pytorch.org/whl/cpu/torch/
-ARG FRP_VERSION=0.61.1
-# Optional: the sha256 of frp_<version>_linux_<arch>.tar.gz, checked when given.
-ARG FRP_SHA256=
+# frpc, pinned and always checked: the sha256 of frp_0.68.1_linux_{amd64,arm64}.tar.gz from that release's
+# frp_sha256_checksums.txt, as several public projects pinning 0.68.1 quote it (none could be found for 0.61.1, the
+# version Nextcloud's examples use; frpc 0.68 still speaks frp's default v1 wire protocol to an older HaRP frps).
+# Another version needs FRP_VERSION and both of its checksums; the build fails on any mismatch.
+ARG FRP_VERSION=0.68.1
+ARG FRP_SHA256_AMD64=4a4e88987d39561e1b3b3b23d0ede48a457eebf76a87231999957e870f5f02b6
+ARG FRP_SHA256_ARM64=e7ad15b0cfe4cf0125df4217778b66cb4426179270967b59900ecb2362d8cd01
 # Set by BuildKit (docker buildx); a plain build falls back to the build machine's architecture.
 ARG TARGETARCH
 
@@ -40,9 +44,14 @@ RUN apt-get update \
 # frpc: the tunnel client HaRP (AppAPI's reverse proxy) needs inside the container.
 RUN set -eu; \
     arch="${TARGETARCH:-$(dpkg --print-architecture)}"; \
+    case "${arch}" in \
+        amd64) sha256="${FRP_SHA256_AMD64}" ;; \
+        arm64) sha256="${FRP_SHA256_ARM64}" ;; \
+        *) echo "no frpc checksum for architecture '${arch}'" >&2; exit 1 ;; \
+    esac; \
     name="frp_${FRP_VERSION}_linux_${arch}"; \
     curl -fsSL -o /tmp/frp.tar.gz "https://github.com/fatedier/frp/releases/download/v${FRP_VERSION}/${name}.tar.gz"; \
-    if [ -n "${FRP_SHA256}" ]; then printf '%s  /tmp/frp.tar.gz\n' "${FRP_SHA256}" > /tmp/frp.sha256 && sha256sum -c /tmp/frp.sha256; fi; \
+    printf '%s  /tmp/frp.tar.gz\n' "${sha256}" | sha256sum -c -; \
     tar -xzf /tmp/frp.tar.gz -C /tmp; \
     install -m 0755 "/tmp/${name}/frpc" /usr/local/bin/frpc; \
     rm -rf /tmp/frp.tar.gz "/tmp/${name}"

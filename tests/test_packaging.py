@@ -296,6 +296,20 @@ def test_dockerfile_builds_only_for_the_architecture_the_locks_cover(dockerfile:
     assert 'if [ "${arch}" != amd64 ]; then' in from_lock
 
 
+def test_dockerfile_pins_frpc_and_always_checks_its_sha256(dockerfile: str) -> None:
+    version = re.search(r"^ARG FRP_VERSION=(\d+\.\d+\.\d+)$", dockerfile, re.MULTILINE)
+    assert version
+    for arch in ("AMD64", "ARM64"):
+        assert re.search(rf"^ARG FRP_SHA256_{arch}=[0-9a-f]{{64}}$", dockerfile, re.MULTILINE), arch
+    frp = next(run for run in builder_runs(dockerfile) if "frpc" in run)
+    assert 'amd64) sha256="${FRP_SHA256_AMD64}" ;;' in frp
+    assert 'arm64) sha256="${FRP_SHA256_ARM64}" ;;' in frp
+    assert "exit 1" in frp  # any other architecture: no checksum, no frpc
+    # Unconditional (no "if"), and before the archive is unpacked.
+    assert "if " not in frp
+    assert frp.index("sha256sum -c") < frp.index("tar -xzf")
+
+
 def test_dockerfile_sets_the_runtime_environment(dockerfile: str, info: ET.Element) -> None:
     envs = " ".join(rest for keyword, rest in final_stage(dockerfile) if keyword == "ENV")
     volume = f"/nc_app_{text(info, 'id')}_data"  # where AppAPI mounts the app's volume
