@@ -112,7 +112,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     APP_PERSISTENT_STORAGE=/nc_app_text2image_hub_data \
     HF_HOME=/nc_app_text2image_hub_data/huggingface \
-    HF_HUB_DISABLE_TELEMETRY=1
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    HF_HUB_DISABLE_PROGRESS_BARS=1
 
 USER 1000:1000
 WORKDIR /app

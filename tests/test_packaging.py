@@ -314,6 +314,8 @@ def test_dockerfile_sets_the_runtime_environment(dockerfile: str, info: ET.Eleme
     envs = " ".join(rest for keyword, rest in final_stage(dockerfile) if keyword == "ENV")
     volume = f"/nc_app_{text(info, 'id')}_data"  # where AppAPI mounts the app's volume
     assert "PYTHONUNBUFFERED=1" in envs
+    assert "HF_HUB_DISABLE_TELEMETRY=1" in envs
+    assert "HF_HUB_DISABLE_PROGRESS_BARS=1" in envs  # no tqdm bars in the container log
     assert f"HF_HOME={volume}/huggingface" in envs
     assert f"APP_PERSISTENT_STORAGE={volume}" in envs
     assert volume in dockerfile.split("USER")[0]  # created (and chowned) before dropping root
