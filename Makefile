@@ -8,9 +8,18 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 OCC         ?= php occ
 APP_PORT    ?= 9033
+# `make lock`: uv, pinned, in its own venv; where it finds PyTorch's CPU build (a folder holding the wheel works too).
+UV_VERSION      := 0.13.9
+LOCK_VENV       := .venv-lock
+UV_STAMP        := $(LOCK_VENV)/.uv-$(UV_VERSION)
+TORCH_CPU_LINKS ?= https://download.pytorch.org/whl/cpu/torch/
+LOCK_ARGS       ?=
+LOCK_FLAGS      := --extra local --generate-hashes --only-binary :all: --python-version 3.11 \
+                   --python-platform x86_64-manylinux_2_28 --quiet $(LOCK_ARGS) \
+                   --custom-compile-command "make lock (uv $(UV_VERSION); CPython 3.11, linux x86_64 only)"
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check lint format bench docker-build docker-push register unregister e2e tiny-model
+.PHONY: help install run test check lint format bench lock docker-build docker-push register unregister e2e tiny-model
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +60,16 @@ bench: $(STAMP) ## run the benchmarks and print their figures (bench/local.py --
 	PYTHONPATH=. $(BIN)/python bench/api.py
 	PYTHONPATH=. $(BIN)/python bench/footprint.py --check
 	PYTHONPATH=. $(BIN)/python bench/local.py --quick
+
+$(UV_STAMP):
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
+	touch $(UV_STAMP)
+
+lock: $(UV_STAMP) ## regenerate the image's hash-pinned locks requirements/image-{cpu,cuda}.txt (LOCK_ARGS=--upgrade: newest)
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml requirements/image-cpu.in $(LOCK_FLAGS) \
+		--find-links $(TORCH_CPU_LINKS) -o requirements/image-cpu.txt
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml requirements/image-cuda.in $(LOCK_FLAGS) -o requirements/image-cuda.txt
 
 docker-build: ## build the CPU and CUDA images, tagged <version>-cpu / <version>-cuda
 	docker build --build-arg FLAVOUR=cpu --build-arg VERSION=$(APP_VERSION) -t $(IMAGE):$(APP_VERSION)-cpu -t $(IMAGE):$(APP_VERSION) .

@@ -1,5 +1,6 @@
-"""What ships beside the code: appinfo/info.xml, the Dockerfile, ex_app/ (start.sh, healthcheck.sh, icons) and
-scripts/register.sh. Static checks, plus the shell scripts run against fakes (no Docker, no Nextcloud)."""
+"""What ships beside the code: appinfo/info.xml, the Dockerfile and the image's locks (requirements/), ex_app/
+(start.sh, healthcheck.sh, icons) and scripts/register.sh. Static checks, plus the shell scripts run against fakes
+(no Docker, no Nextcloud)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from pydantic import AliasChoices
 
 from text2image_hub.admin import RuntimeConfig, config_from_values
@@ -33,6 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 INFO_XML = REPO / "appinfo" / "info.xml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+MAKEFILE = REPO / "Makefile"
+FLAVOURS = ("cpu", "cuda")
 START_SH = REPO / "ex_app" / "start.sh"
 HEALTHCHECK_SH = REPO / "ex_app" / "healthcheck.sh"
 REGISTER_SH = REPO / "scripts" / "register.sh"
@@ -61,9 +68,13 @@ def text(element: ET.Element, path: str) -> str:
     return (found.text or "").strip()
 
 
-def pyproject_version() -> str:
+def pyproject() -> dict[str, Any]:
     with (REPO / "pyproject.toml").open("rb") as file:
-        value = tomllib.load(file)["project"]["version"]
+        return tomllib.load(file)
+
+
+def pyproject_version() -> str:
+    value = pyproject()["project"]["version"]
     assert isinstance(value, str)
     return value
 
@@ -254,17 +265,57 @@ def test_dockerfile_enters_through_start_sh_and_checks_health(dockerfile: str) -
 
 def test_dockerfile_flavour_selects_cpu_or_cuda_torch(dockerfile: str) -> None:
     assert "ARG FLAVOUR=cpu" in dockerfile
-    assert re.search(r"^\s*cpu\)", dockerfile, re.MULTILINE)
-    assert re.search(r"^\s*cuda\)", dockerfile, re.MULTILINE)
-    assert "https://download.pytorch.org/whl/cpu" in dockerfile
-    assert re.search(r"https://download\.pytorch\.org/whl/cu12\d", dockerfile)
-    assert '"/src[local]"' in dockerfile
+    assert re.search(r"^\s*cpu\) set -- --find-links \"\$\{CPU_TORCH_LINKS\}\" ;;", dockerfile, re.MULTILINE)
+    assert re.search(r"^\s*cuda\) set -- ;;", dockerfile, re.MULTILINE)  # PyPI's torch is the CUDA build
+    assert "ARG CPU_TORCH_LINKS=https://download.pytorch.org/whl/cpu/torch/" in dockerfile
+
+
+def builder_runs(dockerfile: str) -> list[str]:
+    pairs = instructions(dockerfile)
+    last_from = max(index for index, (keyword, _) in enumerate(pairs) if keyword == "FROM")
+    return [rest for keyword, rest in pairs[:last_from] if keyword == "RUN"]
+
+
+def test_dockerfile_installs_every_package_from_the_flavours_lock_with_hashes(dockerfile: str) -> None:
+    copies = [rest.split() for keyword, rest in instructions(dockerfile) if keyword == "COPY"]
+    assert ["requirements/image-cpu.txt", "requirements/image-cuda.txt", "/src/requirements/"] in copies
+    installs = [run for run in builder_runs(dockerfile) if "pip install" in run]
+    assert len(installs) == 2
+    from_lock, app = installs
+    lock = '-r "/src/requirements/image-${FLAVOUR}.txt"'
+    for option in ("--require-hashes", "--no-deps", "--only-binary :all:", lock):
+        assert option in from_lock, option
+    # The app from its source tree, with nothing resolved: its dependencies and setuptools came from the lock.
+    assert "pip install --no-deps --no-build-isolation --no-index /src" in app
+    assert "pip check" in app
+    assert "import text2image_hub, torch, diffusers" in app
+
+
+def test_dockerfile_builds_only_for_the_architecture_the_locks_cover(dockerfile: str) -> None:
+    from_lock = next(run for run in builder_runs(dockerfile) if "--require-hashes" in run)
+    assert 'if [ "${arch}" != amd64 ]; then' in from_lock
+
+
+def test_dockerfile_pins_frpc_and_always_checks_its_sha256(dockerfile: str) -> None:
+    version = re.search(r"^ARG FRP_VERSION=(\d+\.\d+\.\d+)$", dockerfile, re.MULTILINE)
+    assert version
+    for arch in ("AMD64", "ARM64"):
+        assert re.search(rf"^ARG FRP_SHA256_{arch}=[0-9a-f]{{64}}$", dockerfile, re.MULTILINE), arch
+    frp = next(run for run in builder_runs(dockerfile) if "frpc" in run)
+    assert 'amd64) sha256="${FRP_SHA256_AMD64}" ;;' in frp
+    assert 'arm64) sha256="${FRP_SHA256_ARM64}" ;;' in frp
+    assert "exit 1" in frp  # any other architecture: no checksum, no frpc
+    # Unconditional (no "if"), and before the archive is unpacked.
+    assert "if " not in frp
+    assert frp.index("sha256sum -c") < frp.index("tar -xzf")
 
 
 def test_dockerfile_sets_the_runtime_environment(dockerfile: str, info: ET.Element) -> None:
     envs = " ".join(rest for keyword, rest in final_stage(dockerfile) if keyword == "ENV")
     volume = f"/nc_app_{text(info, 'id')}_data"  # where AppAPI mounts the app's volume
     assert "PYTHONUNBUFFERED=1" in envs
+    assert "HF_HUB_DISABLE_TELEMETRY=1" in envs
+    assert "HF_HUB_DISABLE_PROGRESS_BARS=1" in envs  # no tqdm bars in the container log
     assert f"HF_HOME={volume}/huggingface" in envs
     assert f"APP_PERSISTENT_STORAGE={volume}" in envs
     assert volume in dockerfile.split("USER")[0]  # created (and chowned) before dropping root
@@ -302,6 +353,96 @@ def test_dockerignore_keeps_what_the_dockerfile_copies(dockerfile: str) -> None:
         assert dockerignore_includes(source, patterns), source
     for excluded in (".venv/bin/python", "tests/test_packaging.py", ".git/HEAD", "lib/text2image_hub/__pycache__/x"):
         assert not dockerignore_includes(excluded, patterns), excluded
+
+
+# --- requirements/: the image's locks --------------------------------------------------------------------------------
+
+
+def lock_path(flavour: str) -> Path:
+    return REPO / "requirements" / f"image-{flavour}.txt"
+
+
+def lock_entries(flavour: str) -> dict[str, tuple[str, list[str]]]:
+    """{canonical name: (version, sha256 digests)} of a lock, failing on any line that is not `name==version` with
+    hashes (an index option, an unpinned or editable requirement)."""
+    lines = [line for line in lock_path(flavour).read_text().splitlines() if not line.lstrip().startswith("#")]
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for entry in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines():
+        if not entry.strip():
+            continue
+        pin, *options = entry.split()
+        found = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)", pin)
+        assert found, entry
+        digests = [option.removeprefix("--hash=sha256:") for option in options]
+        assert digests, f"{pin} has no hash"
+        assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in digests), entry
+        name = canonicalize_name(found.group(1))
+        assert name not in entries, f"{name} twice"
+        entries[name] = (found.group(2), digests)
+    return entries
+
+
+def input_requirements(flavour: str) -> list[Requirement]:
+    lines = (REPO / "requirements" / f"image-{flavour}.in").read_text().splitlines()
+    return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def app_requirements() -> list[Requirement]:
+    config = pyproject()
+    specs = [*config["project"]["dependencies"], *config["project"]["optional-dependencies"]["local"]]
+    return [Requirement(spec) for spec in [*specs, *config["build-system"]["requires"]]]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_lock_pins_every_package_to_one_version_with_hashes(flavour: str) -> None:
+    entries = lock_entries(flavour)
+    assert len(entries) > 50
+    assert "text2image-hub" not in entries  # the app is installed from its source, not from the lock
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_lock_satisfies_pyproject_and_its_input(flavour: str) -> None:
+    entries = lock_entries(flavour)
+    requirements = [*app_requirements(), *input_requirements(flavour)]
+    for requirement in requirements:
+        name = canonicalize_name(requirement.name)
+        assert name in entries, f"{name} is missing from {lock_path(flavour).name}"
+        locked = Version(entries[name][0])
+        assert requirement.specifier.contains(locked, prereleases=True), f"{name}=={locked} outside {requirement}"
+    assert {"torch", "setuptools", "diffusers", "nc-py-api"} <= {canonicalize_name(r.name) for r in requirements}
+
+
+def test_cpu_lock_takes_the_cpu_build_of_torch_without_cuda() -> None:
+    entries = lock_entries("cpu")
+    assert Version(entries["torch"][0]).local == "cpu"
+    assert not [name for name in entries if re.match(r"nvidia-|cuda-|triton", name)]
+
+
+def test_cuda_lock_takes_pypis_cuda_12_8_build_of_torch() -> None:
+    entries = lock_entries("cuda")
+    assert Version(entries["torch"][0]).local is None  # PyPI's own wheel: its hashes are PyPI's
+    assert entries["nvidia-cuda-runtime-cu12"][0].startswith("12.8.")
+    assert "triton" in entries
+
+
+def test_locks_agree_on_everything_but_torch_and_its_cuda_libraries() -> None:
+    cpu, cuda = lock_entries("cpu"), lock_entries("cuda")
+    differing = {name for name in cpu.keys() & cuda.keys() if cpu[name][0] != cuda[name][0]}
+    assert differing == {"torch"}
+    assert not cpu.keys() - cuda.keys()
+
+
+def test_locks_come_from_make_lock_with_the_pinned_uv() -> None:
+    makefile = MAKEFILE.read_text()
+    uv_version = re.search(r"^UV_VERSION\s*:= (\d+\.\d+\.\d+)$", makefile, re.MULTILINE)
+    assert uv_version
+    assert "pip install --quiet uv==$(UV_VERSION)" in makefile
+    assert re.search(r"^lock: .*## ", makefile, re.MULTILINE)  # listed by `make help`
+    for option in ("--generate-hashes", "--python-version 3.11", "--python-platform x86_64-manylinux_2_28"):
+        assert option in makefile, option
+    for flavour in FLAVOURS:
+        header = lock_path(flavour).read_text().splitlines()[:2]
+        assert header[1] == f"#    make lock (uv {uv_version.group(1)}; CPython 3.11, linux x86_64 only)"
 
 
 # --- ex_app/ scripts and icons ----------------------------------------------------------------------------------------
