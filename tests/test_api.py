@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
+from tests.conftest import wait_until
 from tests.fake_nextcloud import FakeNextcloud
 from tests.instant_backend import InstantBackend, StaticBackends
 from tests.servers import ServerThread, free_port
@@ -540,16 +541,18 @@ def test_rate_limit_per_caller_is_429_with_retry_after(tmp_path: Path) -> None:
 
 
 # --- url images ------------------------------------------------------------------------------------------------------
-def test_url_image_expires_after_ttl(tmp_path: Path) -> None:
-    settings = standalone_settings(tmp_path).model_copy(update={"image_ttl": 1})
-    with serve(settings) as running, running.client() as client:
+def test_url_image_expires_after_ttl(api: Running, tmp_path: Path) -> None:
+    with api.client() as client:
         url = client.post("/v1/images/generations", json={"prompt": "x", "response_format": "url"}).json()["data"][0][
             "url"
         ]
         assert httpx2.get(url).status_code == 200
         stored = list((tmp_path / "images").glob("*.png"))
         assert len(stored) == 1
-        time.sleep(1.3)
+        # an image's age is the store's clock minus its file's mtime: age the file past the TTL instead of waiting
+        # (the app builds its ImageStore on the real clock; test_image_store_put_get_and_expiry injects one)
+        past = time.time() - api.settings.image_ttl - 1
+        os.utime(stored[0], (past, past))
         expired = httpx2.get(url)
     assert error_of(expired, 404)["code"] == "IMAGE_NOT_FOUND"
     assert not stored[0].exists()
@@ -571,10 +574,7 @@ def test_sweeper_deletes_expired_files_left_by_earlier_process(tmp_path: Path) -
     past = time.time() - 7200
     os.utime(old, (past, past))
     with serve(standalone_settings(tmp_path)):
-        deadline = time.monotonic() + 5
-        while old.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-    assert not old.exists()
+        wait_until(lambda: not old.exists(), 5, "the sweeper did not delete the expired file")
     assert fresh.exists()
 
 
