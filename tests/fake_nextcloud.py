@@ -45,6 +45,7 @@ import binascii
 import contextlib
 import copy
 import dataclasses
+import enum
 import json
 import logging
 import re
@@ -229,20 +230,37 @@ class _File:
     content: bytes
 
 
+class Auth(enum.Enum):
+    """Who may call a route, and how the fake answers anyone else (``_dispatch`` checks it before the handler)."""
+
+    NONE = enum.auto()  # anyone
+    APP_OCS_V1 = enum.auto()  # the ExApp (AppAPI's OCS v1 endpoints); else HTTP 401, OCS statuscode 997
+    EXAPP_V2 = enum.auto()  # the ExApp (TaskProcessing provider endpoints); else 412 {"message": "ExApp required"}
+    USER = enum.auto()  # a logged-in user; else 401 "Current user is not logged in"
+    USER_OR_ANONYMOUS = enum.auto()  # a logged-in user or no login at all; a wrong login gets USER's 401
+    ADMIN = enum.auto()  # an admin (an index.php controller): 401 / 403 with a plain JSON message
+    PROXY = enum.auto()  # anyone; a wrong login counts as anonymous (the proxied route's access level decides)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Route:
     method: str
     pattern: re.Pattern[str]
     handler: Callable[[_Req], Awaitable[Response]]
+    auth: Auth
 
 
 @dataclasses.dataclass
 class _Req:
+    """One request. ``user``: the user who logged in with HTTP basic auth (set by ``_dispatch`` for the user-side
+    routes); None when nobody did, and for requests from the ExApp."""
+
     request: Request
     body: bytes
     params: dict[str, str]
     query: dict[str, str]
     request_id: str
+    user: str | None = None
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -1345,7 +1363,8 @@ class FakeNextcloud:
             path_known = True
             if route.method in (method, "*"):
                 req.params = match.groupdict()
-                return await route.handler(req)
+                refusal = self._refusal(req, route.auth)
+                return refusal if refusal is not None else await route.handler(req)
         if path.startswith("/ocs/"):
             if path_known:
                 return _ocs_v2(req, [], status=405)
@@ -1356,41 +1375,62 @@ class FakeNextcloud:
         app_api = "/ocs/v1.php/apps/app_api"
         tp = "/ocs/v2.php/taskprocessing"
         settings = "/ocs/v2.php/settings/api/declarative"
-        table: list[tuple[str, str, Callable[[_Req], Awaitable[Response]]]] = [
-            ("GET", r"/ocs/v[12]\.php/cloud/capabilities", self._h_capabilities),
-            ("POST", app_api + r"/api/v1/ai_provider/task_processing", self._h_provider_register),
-            ("GET", app_api + r"/api/v1/ai_provider/task_processing", self._h_provider_get),
-            ("DELETE", app_api + r"/api/v1/ai_provider/task_processing", self._h_provider_unregister),
-            ("POST", app_api + r"/api/v1/ui/settings", self._h_form_register),
-            ("GET", app_api + r"/api/v1/ui/settings", self._h_form_get),
-            ("DELETE", app_api + r"/api/v1/ui/settings", self._h_form_unregister),
-            ("POST", app_api + r"/api/v1/ex-app/config", self._h_config_set),
-            ("DELETE", app_api + r"/api/v1/ex-app/config", self._h_config_delete),
-            ("POST", app_api + r"/api/v1/ex-app/config/get-values", self._h_config_get_values),
-            ("POST", app_api + r"/api/v1/log", self._h_log),
-            ("PUT", app_api + r"/ex-app/status", self._h_init_status),
-            ("GET", app_api + r"/ex-app/state", self._h_state),
-            ("GET", tp + r"/tasks_provider/next", self._h_next),
-            ("GET", tp + r"/tasks_provider/next_batch", self._h_next_batch),
-            ("POST", tp + r"/tasks_provider/(?P<task_id>\d+)/progress", self._h_progress),
-            ("POST", tp + r"/tasks_provider/(?P<task_id>\d+)/file", self._h_upload),
-            ("POST", tp + r"/tasks_provider/(?P<task_id>\d+)/result", self._h_result),
-            ("POST", tp + r"/schedule", self._h_schedule),
-            ("GET", tp + r"/task/(?P<task_id>\d+)", self._h_get_task),
-            ("DELETE", tp + r"/task/(?P<task_id>\d+)", self._h_delete_task),
-            ("GET", tp + r"/tasks", self._h_list_tasks),
-            ("GET", tp + r"/tasks/app/(?P<app_id>[^/]+)", self._h_list_tasks),
-            ("GET", tp + r"/tasks/(?P<task_id>\d+)/file/(?P<file_id>\d+)", self._h_download),
-            ("POST", tp + r"/tasks/(?P<task_id>\d+)/cancel", self._h_cancel),
-            ("GET", tp + r"/tasktypes", self._h_task_types),
-            ("GET", tp + r"/queue_stats", self._h_queue_stats),
-            ("POST", settings + r"/value", self._h_setting_value),
-            ("POST", settings + r"/value-sensitive", self._h_setting_value),
-            ("GET", settings + r"/forms", self._h_forms),
-            ("PUT", r"/index.php/settings/api/admin/ai", self._h_admin_ai),
-            ("*", r"/index.php/apps/app_api/proxy/(?P<app_id>[^/]+)(?P<rest>/.*)?", self._h_proxy),
+        table: list[tuple[str, str, Callable[[_Req], Awaitable[Response]], Auth]] = [
+            ("GET", r"/ocs/v[12]\.php/cloud/capabilities", self._h_capabilities, Auth.NONE),
+            ("POST", app_api + r"/api/v1/ai_provider/task_processing", self._h_provider_register, Auth.APP_OCS_V1),
+            ("GET", app_api + r"/api/v1/ai_provider/task_processing", self._h_provider_get, Auth.APP_OCS_V1),
+            ("DELETE", app_api + r"/api/v1/ai_provider/task_processing", self._h_provider_unregister, Auth.APP_OCS_V1),
+            ("POST", app_api + r"/api/v1/ui/settings", self._h_form_register, Auth.APP_OCS_V1),
+            ("GET", app_api + r"/api/v1/ui/settings", self._h_form_get, Auth.APP_OCS_V1),
+            ("DELETE", app_api + r"/api/v1/ui/settings", self._h_form_unregister, Auth.APP_OCS_V1),
+            ("POST", app_api + r"/api/v1/ex-app/config", self._h_config_set, Auth.APP_OCS_V1),
+            ("DELETE", app_api + r"/api/v1/ex-app/config", self._h_config_delete, Auth.APP_OCS_V1),
+            ("POST", app_api + r"/api/v1/ex-app/config/get-values", self._h_config_get_values, Auth.APP_OCS_V1),
+            ("POST", app_api + r"/api/v1/log", self._h_log, Auth.APP_OCS_V1),
+            ("PUT", app_api + r"/ex-app/status", self._h_init_status, Auth.APP_OCS_V1),
+            ("GET", app_api + r"/ex-app/state", self._h_state, Auth.APP_OCS_V1),
+            ("GET", tp + r"/tasks_provider/next", self._h_next, Auth.EXAPP_V2),
+            ("GET", tp + r"/tasks_provider/next_batch", self._h_next_batch, Auth.EXAPP_V2),
+            ("POST", tp + r"/tasks_provider/(?P<task_id>\d+)/progress", self._h_progress, Auth.EXAPP_V2),
+            ("POST", tp + r"/tasks_provider/(?P<task_id>\d+)/file", self._h_upload, Auth.EXAPP_V2),
+            ("POST", tp + r"/tasks_provider/(?P<task_id>\d+)/result", self._h_result, Auth.EXAPP_V2),
+            ("POST", tp + r"/schedule", self._h_schedule, Auth.USER_OR_ANONYMOUS),
+            ("GET", tp + r"/task/(?P<task_id>\d+)", self._h_get_task, Auth.USER_OR_ANONYMOUS),
+            ("DELETE", tp + r"/task/(?P<task_id>\d+)", self._h_delete_task, Auth.USER),
+            ("GET", tp + r"/tasks", self._h_list_tasks, Auth.USER),
+            ("GET", tp + r"/tasks/app/(?P<app_id>[^/]+)", self._h_list_tasks, Auth.USER),
+            ("GET", tp + r"/tasks/(?P<task_id>\d+)/file/(?P<file_id>\d+)", self._h_download, Auth.USER),
+            ("POST", tp + r"/tasks/(?P<task_id>\d+)/cancel", self._h_cancel, Auth.USER),
+            ("GET", tp + r"/tasktypes", self._h_task_types, Auth.USER_OR_ANONYMOUS),
+            ("GET", tp + r"/queue_stats", self._h_queue_stats, Auth.USER),
+            ("POST", settings + r"/value", self._h_setting_value, Auth.USER),
+            ("POST", settings + r"/value-sensitive", self._h_setting_value, Auth.USER),
+            ("GET", settings + r"/forms", self._h_forms, Auth.USER),
+            ("PUT", r"/index.php/settings/api/admin/ai", self._h_admin_ai, Auth.ADMIN),
+            ("*", r"/index.php/apps/app_api/proxy/(?P<app_id>[^/]+)(?P<rest>/.*)?", self._h_proxy, Auth.PROXY),
         ]
-        return [_Route(method, re.compile(pattern), handler) for method, pattern, handler in table]
+        return [_Route(method, re.compile(pattern), handler, auth) for method, pattern, handler, auth in table]
+
+    def _refusal(self, req: _Req, auth: Auth) -> Response | None:
+        """Checks the caller against the route's ``auth`` (setting ``req.user``): the answer that refuses it, or
+        None to let the handler answer."""
+        if auth is Auth.NONE:
+            return None
+        if auth is Auth.APP_OCS_V1:
+            return self._app_api_denied(req) if self._app_auth(req) is None else None
+        if auth is Auth.EXAPP_V2:
+            return self._exapp_required(req) if self._app_auth(req) is None else None
+        req.user, wrong_login = self._basic_user(req)
+        if auth is Auth.USER_OR_ANONYMOUS:
+            return self._not_logged_in(req) if wrong_login else None
+        if auth is Auth.USER:
+            return self._not_logged_in(req) if req.user is None else None
+        if auth is Auth.ADMIN:
+            if req.user is None:
+                return _json_response(req, 401, {"message": "Current user is not logged in"})
+            if not self._is_admin(req.user):
+                return _json_response(req, 403, {"message": "Logged in account must be an admin"}, req.user)
+        return None  # Auth.ADMIN passed, or Auth.PROXY
 
     # ---- ExApp -> Nextcloud: core and AppAPI -----------------------------------------------------------------------
 
@@ -1426,8 +1466,6 @@ class FakeNextcloud:
         return _ocs_v1(req, [], statuscode=997, message=meta_message, http_status=401)
 
     async def _h_provider_register(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         provider = req.json_object().get("provider")
         if not isinstance(provider, dict) or not provider.get("id"):
             return _ocs_v1(req, [], statuscode=400, message="Invalid provider")
@@ -1438,8 +1476,6 @@ class FakeNextcloud:
         return _ocs_v1(req, [])
 
     async def _h_provider_get(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         with self._lock:
             provider = self._providers.get(req.query.get("name", ""))
             if provider is None:
@@ -1456,8 +1492,6 @@ class FakeNextcloud:
         return _ocs_v1(req, data)
 
     async def _h_provider_unregister(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         with self._lock:
             removed = self._providers.pop(req.query.get("name", ""), None)
         if removed is None:
@@ -1465,8 +1499,6 @@ class FakeNextcloud:
         return _ocs_v1(req, [])
 
     async def _h_form_register(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         scheme = req.json_object().get("formScheme")
         if not isinstance(scheme, dict) or not scheme.get("id"):
             return _ocs_v1(req, [], statuscode=400, message="Invalid form scheme")
@@ -1475,8 +1507,6 @@ class FakeNextcloud:
         return _ocs_v1(req, [])
 
     async def _h_form_get(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         with self._lock:
             form = self._forms.get(req.query.get("formId", ""))
             if form is None:
@@ -1485,8 +1515,6 @@ class FakeNextcloud:
         return _ocs_v1(req, data)
 
     async def _h_form_unregister(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         with self._lock:
             removed = self._forms.pop(req.query.get("formId", ""), None)
         if removed is None:
@@ -1494,8 +1522,6 @@ class FakeNextcloud:
         return _ocs_v1(req, [])
 
     async def _h_config_set(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         body = req.json_object()
         key = body.get("configKey")
         if not isinstance(key, str) or not key:
@@ -1514,8 +1540,6 @@ class FakeNextcloud:
         return _ocs_v1(req, data)
 
     async def _h_config_get_values(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         keys = req.json_object().get("configKeys")
         wanted = {str(k) for k in keys} if isinstance(keys, list) else set()
         with self._lock:
@@ -1526,8 +1550,6 @@ class FakeNextcloud:
         return _ocs_v1(req, data)
 
     async def _h_config_delete(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         keys = req.json_object().get("configKeys")
         with self._lock:
             deleted = [self._config.pop(str(k)) for k in keys or [] if str(k) in self._config]
@@ -1536,8 +1558,6 @@ class FakeNextcloud:
         return _ocs_v1(req, len(deleted))
 
     async def _h_log(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         body = req.json_object()
         level = body.get("level")
         if not isinstance(level, int) or not 0 <= level <= 4:
@@ -1546,8 +1566,6 @@ class FakeNextcloud:
         return _ocs_v1(req, [])
 
     async def _h_init_status(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         body = req.json_object()
         progress = body.get("progress")
         error = str(body.get("error") or "")
@@ -1566,8 +1584,6 @@ class FakeNextcloud:
         return _ocs_v1(req, [])
 
     async def _h_state(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._app_api_denied(req)
         return _ocs_v1(req, 1 if self._enabled else 0)
 
     # ---- ExApp -> Nextcloud: TaskProcessing provider endpoints -----------------------------------------------------
@@ -1577,8 +1593,6 @@ class FakeNextcloud:
         return _raw_response(412, _json_bytes({"message": "ExApp required"}), headers)
 
     async def _h_next(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._exapp_required(req)
         body = req.json_object()
         claimed, _ = self._claim(body.get("providerIds"), body.get("taskTypeIds"), 1)
         if not claimed:
@@ -1588,8 +1602,6 @@ class FakeNextcloud:
         return _ocs_v2(req, {"task": task, "provider": {"name": provider_id}})
 
     async def _h_next_batch(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._exapp_required(req)
         body = req.json_object()
         number = body.get("numberOfTasks", 1)
         limit = number if isinstance(number, int) and not isinstance(number, bool) else 1
@@ -1598,8 +1610,6 @@ class FakeNextcloud:
         return _ocs_v2(req, {"tasks": tasks, "has_more": has_more})
 
     async def _h_progress(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._exapp_required(req)
         try:
             task = self._set_progress(int(req.params["task_id"]), req.json_object().get("progress"))
         except FakeOcsError as exc:
@@ -1607,8 +1617,6 @@ class FakeNextcloud:
         return _ocs_v2(req, {"task": task})
 
     async def _h_upload(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._exapp_required(req)
         task_id = int(req.params["task_id"])
         with self._lock:
             if task_id not in self._tasks:
@@ -1628,8 +1636,6 @@ class FakeNextcloud:
         return _ocs_v2(req, {"fileId": file_id}, status=201)
 
     async def _h_result(self, req: _Req) -> Response:
-        if self._app_auth(req) is None:
-            return self._exapp_required(req)
         body = req.json_object()
         try:
             task = self._set_result(
@@ -1649,9 +1655,7 @@ class FakeNextcloud:
         return _json_response(req, 401, {"ocs": {"meta": meta, "data": []}})
 
     async def _h_schedule(self, req: _Req) -> Response:
-        user, bad_credentials = self._basic_user(req)
-        if bad_credentials:
-            return self._not_logged_in(req)
+        user = req.user
         body = req.json_object()
         task_type = body.get("type")
         if not isinstance(task_type, str) or not isinstance(body.get("appId"), str):
@@ -1675,9 +1679,7 @@ class FakeNextcloud:
         return _ocs_v2(req, {"task": rendered}, user=user)
 
     async def _h_get_task(self, req: _Req) -> Response:
-        user, bad_credentials = self._basic_user(req)
-        if bad_credentials:
-            return self._not_logged_in(req)
+        user = req.user
         try:
             with self._lock:
                 task = self._render(self._user_task(user, int(req.params["task_id"]), "Task not found"))
@@ -1686,9 +1688,7 @@ class FakeNextcloud:
         return _ocs_v2(req, {"task": task}, user=user)
 
     async def _h_delete_task(self, req: _Req) -> Response:
-        user, _ = self._basic_user(req)
-        if user is None:
-            return self._not_logged_in(req)
+        user = req.user
         with self._lock:
             task = self._tasks.get(int(req.params["task_id"]))
             if task is not None and task.user_id == user:
@@ -1697,9 +1697,7 @@ class FakeNextcloud:
         return _ocs_v2(req, None, user=user)
 
     async def _h_list_tasks(self, req: _Req) -> Response:
-        user, _ = self._basic_user(req)
-        if user is None:
-            return self._not_logged_in(req)
+        user = req.user
         app_id = req.params.get("app_id")
         task_type = req.query.get("taskType")
         custom_id = req.query.get("customId")
@@ -1715,9 +1713,7 @@ class FakeNextcloud:
         return _ocs_v2(req, {"tasks": tasks}, user=user)
 
     async def _h_download(self, req: _Req) -> Response:
-        user, _ = self._basic_user(req)
-        if user is None:
-            return self._not_logged_in(req)
+        user = req.user
         try:
             with self._lock:
                 task = self._user_task(user, int(req.params["task_id"]), "Not found")
@@ -1732,9 +1728,7 @@ class FakeNextcloud:
         return _raw_response(200, stored.content, headers)
 
     async def _h_cancel(self, req: _Req) -> Response:
-        user, _ = self._basic_user(req)
-        if user is None:
-            return self._not_logged_in(req)
+        user = req.user
         try:
             with self._lock:
                 task = self._user_task(user, int(req.params["task_id"]), "Not found")
@@ -1745,9 +1739,7 @@ class FakeNextcloud:
         return _ocs_v2(req, {"task": rendered}, user=user)
 
     async def _h_task_types(self, req: _Req) -> Response:
-        user, bad_credentials = self._basic_user(req)
-        if bad_credentials:
-            return self._not_logged_in(req)
+        user = req.user
         with self._lock:
             types = {}
             for task_type in _TASK_TYPES:
@@ -1757,18 +1749,14 @@ class FakeNextcloud:
         return _ocs_v2(req, {"types": types or []}, user=user)
 
     async def _h_queue_stats(self, req: _Req) -> Response:
-        user, _ = self._basic_user(req)
-        if user is None:
-            return self._not_logged_in(req)
+        user = req.user
         with self._lock:
             statuses = [t.status for t in self._tasks.values()]
         data = {"scheduled_count": statuses.count(STATUS_SCHEDULED), "running_count": statuses.count(STATUS_RUNNING)}
         return _ocs_v2(req, data, user=user)
 
     async def _h_setting_value(self, req: _Req) -> Response:
-        user, _ = self._basic_user(req)
-        if user is None:
-            return self._not_logged_in(req)
+        user = req.user
         body = req.json_object()
         try:
             with self._lock:
@@ -1784,9 +1772,7 @@ class FakeNextcloud:
         return _ocs_v2(req, None, user=user)
 
     async def _h_forms(self, req: _Req) -> Response:
-        user, _ = self._basic_user(req)
-        if user is None:
-            return self._not_logged_in(req)
+        user = req.user
         admin = self._is_admin(user)
         with self._lock:
             forms = [
@@ -1797,22 +1783,17 @@ class FakeNextcloud:
         return _ocs_v2(req, forms, user=user)
 
     async def _h_admin_ai(self, req: _Req) -> Response:
-        user, _ = self._basic_user(req)
-        if user is None:
-            return _json_response(req, 401, {"message": "Current user is not logged in"})
-        if not self._is_admin(user):
-            return _json_response(req, 403, {"message": "Logged in account must be an admin"}, user)
         settings = req.json_object().get("settings")
         preferences = settings.get("ai.taskprocessing_provider_preferences") if isinstance(settings, dict) else None
         if isinstance(preferences, dict):
             with self._lock:
                 self._preferences.update({str(k): str(v) for k, v in preferences.items()})
-        return _json_response(req, 200, [], user)
+        return _json_response(req, 200, [], req.user)
 
     # ---- the AppAPI proxy ------------------------------------------------------------------------------------------
 
     async def _h_proxy(self, req: _Req) -> Response:
-        user, _ = self._basic_user(req)
+        user = req.user
         rest = req.params.get("rest") or "/"
         raw_path = req.request.scope.get("raw_path") or b""
         segments = rest.split("/") + raw_path.decode("latin-1").split("/")

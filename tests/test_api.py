@@ -16,10 +16,11 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from fastapi import FastAPI, Request
 from PIL import Image
 from pydantic import SecretStr
 
+from tests.conftest import wait_until
+from tests.fake_nextcloud import FakeNextcloud
 from tests.instant_backend import InstantBackend, StaticBackends
 from tests.servers import ServerThread, free_port
 from text2image_hub.admin import FIELD_IDS, RuntimeConfig, config_from_values
@@ -93,43 +94,25 @@ def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         yield running
 
 
-def fake_nextcloud(values: dict[str, str]) -> FastAPI:
-    """Just enough of Nextcloud for the app's start-up and config reads: capabilities, appconfig_ex, enabled state."""
-    app = FastAPI()
-
-    def ocs(data: Any) -> dict[str, Any]:
-        return {"ocs": {"meta": {"status": "ok", "statuscode": 100, "message": "OK"}, "data": data}}
-
-    @app.get("/ocs/v1.php/cloud/capabilities")
-    async def capabilities() -> dict[str, Any]:
-        version = {"major": 34, "minor": 0, "micro": 1, "string": "34.0.1", "edition": "", "extendedSupport": False}
-        return ocs({"version": version, "capabilities": {"app_api": {"version": "34.0.0", "loglevel": 2}}})
-
-    @app.post("/ocs/v1.php/apps/app_api/api/v1/ex-app/config/get-values")
-    async def get_values(request: Request) -> dict[str, Any]:
-        keys = (await request.json())["configKeys"]
-        return ocs([{"configkey": key, "configvalue": value} for key, value in values.items() if key in keys])
-
-    @app.get("/ocs/v1.php/apps/app_api/ex-app/state")
-    async def state() -> dict[str, Any]:
-        return ocs(0)  # disabled: the worker stays idle
-
-    return app
-
-
 @pytest.fixture
 def nextcloud_api(tmp_path: Path) -> Iterator[Running]:
-    """The app under Nextcloud: AppAPI headers are checked, admin settings come from the fake's appconfig_ex."""
-    with ServerThread(fake_nextcloud({"api_keys": KEY})) as nextcloud:
+    """The app under (the fake) Nextcloud: AppAPI headers are checked, admin settings come from its appconfig_ex.
+
+    The tests send AppAPI's proxy headers to the app themselves (``appapi()``), so that they can also forge them.
+    """
+    with FakeNextcloud(app_id=APP_ID, app_secret=SECRET) as nextcloud:
         environ = {
             "APP_PERSISTENT_STORAGE": str(tmp_path),
             "NEXTCLOUD_URL": nextcloud.url,
             "APP_SECRET": SECRET,
             "APP_ID": APP_ID,
-            "APP_VERSION": "1.0.0",
+            "APP_VERSION": nextcloud.app_version,
             "T2I_BACKEND": "local",
         }
         with serve(load_settings(environ, FIELD_IDS)) as running:
+            nextcloud.app_url = running.url
+            nextcloud.enable_app()  # the app registers its settings form
+            nextcloud.save_setting("api_keys", KEY)  # as the admin does on the settings page
             yield running
 
 
@@ -560,16 +543,18 @@ def test_rate_limit_per_caller_is_429_with_retry_after(tmp_path: Path) -> None:
 
 
 # --- url images ------------------------------------------------------------------------------------------------------
-def test_url_image_expires_after_ttl(tmp_path: Path) -> None:
-    settings = standalone_settings(tmp_path).model_copy(update={"image_ttl": 1})
-    with serve(settings) as running, running.client() as client:
+def test_url_image_expires_after_ttl(api: Running, tmp_path: Path) -> None:
+    with api.client() as client:
         url = client.post("/v1/images/generations", json={"prompt": "x", "response_format": "url"}).json()["data"][0][
             "url"
         ]
         assert httpx2.get(url).status_code == 200
         stored = list((tmp_path / "images").glob("*.png"))
         assert len(stored) == 1
-        time.sleep(1.3)
+        # an image's age is the store's clock minus its file's mtime: age the file past the TTL instead of waiting
+        # (the app builds its ImageStore on the real clock; test_image_store_put_get_and_expiry injects one)
+        past = time.time() - api.settings.image_ttl - 1
+        os.utime(stored[0], (past, past))
         expired = httpx2.get(url)
     assert error_of(expired, 404)["code"] == "IMAGE_NOT_FOUND"
     assert not stored[0].exists()
@@ -591,10 +576,7 @@ def test_sweeper_deletes_expired_files_left_by_earlier_process(tmp_path: Path) -
     past = time.time() - 7200
     os.utime(old, (past, past))
     with serve(standalone_settings(tmp_path)):
-        deadline = time.monotonic() + 5
-        while old.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-    assert not old.exists()
+        wait_until(lambda: not old.exists(), 5, "the sweeper did not delete the expired file")
     assert fresh.exists()
 
 

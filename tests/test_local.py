@@ -248,7 +248,10 @@ async def test_generate_keeps_event_loop_responsive(sdxl: LocalBackend) -> None:
 
     assert elapsed > 0.3, "the generation must be long enough for the measurement to mean something"
     assert ticks >= 10
-    assert worst <= 0.1
+    # Were the pipeline run on the event loop, the ticker would not tick while it runs: its worst delay would be
+    # about the whole generation. A quarter of the generation's time still fails that, and scales with the
+    # machine's speed and load, which slow the generation down too; a fixed 0.1 s failed on a loaded 2-core box.
+    assert worst < elapsed / 4, (worst, elapsed)
 
 
 async def test_generate_unsupported_size_names_supported_sizes(backend: LocalBackend) -> None:

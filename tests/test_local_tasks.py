@@ -71,13 +71,22 @@ def test_heartbeat_answers_quickly_while_a_task_renders(exapp, tiny_sdxl_dir):
     local: Any = made[0].local_models.loaded  # the pipeline the app loaded
     local.pipeline.unet.register_forward_pre_hook(_heavy_step)
     task_id = nextcloud.schedule({"input": "slow", "numberOfImages": 2, "size": "512x512"})
-    latencies = []
+    scheduled = time.perf_counter()
+    latencies: list[float] = []
+
+    def heartbeat_then_ended() -> bool:
+        started = time.perf_counter()
+        assert client.get("/heartbeat").json() == {"status": "ok"}
+        latencies.append(time.perf_counter() - started)
+        return nextcloud.task(task_id)["status"] not in ("STATUS_SCHEDULED", "STATUS_RUNNING")
+
     with httpx2.Client(base_url=exapp.server.url) as client:
-        while nextcloud.task(task_id)["status"] in ("STATUS_SCHEDULED", "STATUS_RUNNING"):
-            started = time.perf_counter()
-            assert client.get("/heartbeat").json() == {"status": "ok"}
-            latencies.append(time.perf_counter() - started)
-            time.sleep(0.02)
+        wait_until(heartbeat_then_ended, 120, "the task did not end")
+    task_seconds = time.perf_counter() - scheduled
     assert nextcloud.task(task_id)["status"] == "STATUS_SUCCESSFUL"
     assert len(latencies) >= 10, "the generation must last long enough for the measurement to mean something"
-    assert max(latencies) <= 0.1, max(latencies)
+    # Were the pipeline run on the event loop, the heartbeat sent just after it started would wait for the whole
+    # generation, most of the task's time (tried with an inline executor: the heartbeat timed out). A quarter of
+    # the task's time scales with the machine and its load, which slow the task down too; a fixed 0.1 s did not
+    # (0.096 s measured on a loaded 2-core box, where the slowest heartbeat stays under 1/100 of the task).
+    assert max(latencies) < task_seconds / 4, (max(latencies), task_seconds)

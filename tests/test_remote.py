@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
+from tests.conftest import wait_until
 from tests.fake_ionos import FakeIonos, ionos_account
 from text2image_hub.backends import GenerationControl, GenerationRequest
 from text2image_hub.backends.remote import (
@@ -400,19 +401,19 @@ async def test_generate_client_error_is_not_retried_and_quotes_server(status: in
 
 
 async def test_generate_stops_starting_requests_when_cancelled(http: httpx2.AsyncClient) -> None:
-    with FakeIonos(token=TOKEN, images_per_minute=60, burst=1, time_scale=1) as fake:  # one image per real second
+    with FakeIonos(token=TOKEN, images_per_minute=6, burst=1, time_scale=1) as fake:  # one image per 10 real seconds
         backend = backend_for(fake, http)
         control = GenerationControl()
         job = asyncio.create_task(backend.generate(request_for(4), control))
-        for _ in range(500):  # the first image is made at once, the next ones wait a second each
-            if fake.stats().images >= 1:
-                break
-            await asyncio.sleep(0.01)
+        # the first image is made at once, the next ones wait 10 s each (polled from a thread: the job runs here)
+        await asyncio.to_thread(wait_until, lambda: fake.stats().images >= 1, 5, "the first image was not made")
         control.cancel()
         started = time.monotonic()
         with pytest.raises(GenerationCancelledError):
             await job
-        assert time.monotonic() - started < 0.6  # noticed while waiting for the limiter
+        # Noticed while waiting for the limiter (it looks every 0.25 s): a generation that noticed the cancel only
+        # once the limiter let the next images go would take 10 s or more here (30 s measured), and fail this bound.
+        assert time.monotonic() - started < 5
         assert fake.stats().requests == 1
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-import time
+import logging
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -93,7 +94,8 @@ def test_size_the_backend_no_longer_supports_fails_naming_the_sizes(exapp):
     exapp.start()
     nextcloud = exapp.nextcloud
     nextcloud.register_app()
-    time.sleep(0.5)  # the pass that /enabled started finds no task; the worker then idles (no trigger, no poll)
+    # the pass that /enabled started finds no task; the worker then idles (no trigger, no poll)
+    wait_until(lambda: _empty_claims(nextcloud) >= 1, 5, "the worker's first pass did not end")
     app_url, nextcloud.app_url = nextcloud.app_url, "http://127.0.0.1:9"
     task_id = nextcloud.schedule({"input": "x", "numberOfImages": 1, "size": "1024x768"})
     backend.sizes = (ImageSize(256, 256), ImageSize(512, 512))  # e.g. the admin switched models
@@ -104,6 +106,12 @@ def test_size_the_backend_no_longer_supports_fails_naming_the_sizes(exapp):
     assert "Supported sizes: 256x256, 512x512" in task["userFacingErrorMessage"]
     # re-registration happens on the worker's next pass, maybe after the failure
     wait_until(lambda: _declared_sizes(nextcloud) == ["256x256", "512x512"], 5, "the provider was not re-registered")
+
+
+def _empty_claims(nextcloud, since: int = 0) -> int:
+    """How often the worker asked for a task and got none (``…/tasks_provider/next`` answered 204), counting the
+    requests from index ``since`` on."""
+    return sum(r.path.endswith("/tasks_provider/next") and r.status == 204 for r in nextcloud.requests[since:])
 
 
 def _declared_sizes(nextcloud) -> list[str]:
@@ -141,7 +149,7 @@ def test_unexpected_exception_fails_the_task_with_a_generic_message(exapp):
     wait_until(lambda: any("unexpected error" in entry["message"] for entry in exapp.nextcloud.logs), 5)
 
 
-def test_nextcloud_going_away_mid_task_and_coming_back(exapp):
+def test_nextcloud_going_away_mid_task_and_coming_back(exapp, caplog):
     backend = InstantBackend(steps=10, step_seconds=0.1)
     exapp.backends = StaticBackends(local_backend=backend)
     exapp.start()
@@ -149,9 +157,11 @@ def test_nextcloud_going_away_mid_task_and_coming_back(exapp):
     nextcloud.register_app()
     task_id = nextcloud.schedule({"input": "x", "numberOfImages": 2})
     wait_until(lambda: backend.steps_run >= 3)
-    nextcloud.set_failure("refuse")
-    wait_until(lambda: backend.steps_run == 10, 20)  # the generation ends while Nextcloud is down: uploads must wait
-    time.sleep(0.5)
+    with caplog.at_level(logging.WARNING, logger="text2image_hub.worker"):
+        nextcloud.set_failure("refuse")
+        wait_until(lambda: backend.steps_run == 10, 20)  # the generation ends while Nextcloud is down
+        # uploads must wait: a refused connection leaves no trace in the fake, but each failed try is logged
+        wait_until(lambda: _failed_uploads(caplog, task_id) >= 2, 10, "the worker did not retry the upload")
     assert nextcloud.task(task_id)["status"] == "STATUS_RUNNING"
     nextcloud.set_failure(None)
     task = nextcloud.wait_for_task(task_id, timeout=20)
@@ -159,17 +169,27 @@ def test_nextcloud_going_away_mid_task_and_coming_back(exapp):
     assert len(task["output"]["images"]) == 2
 
 
+def _failed_uploads(caplog: pytest.LogCaptureFixture, task_id: int) -> int:
+    return sum(
+        r.levelno == logging.WARNING and f"task {task_id}" in r.getMessage() and "upload" in r.getMessage()
+        for r in list(caplog.records)  # a copy: the app's thread appends to it
+    )
+
+
 @pytest.mark.parametrize("mode", ["maintenance", "timeout"])
 def test_worker_backs_off_and_recovers_from_a_failing_nextcloud(registered, mode):
     nextcloud = registered().nextcloud
     nextcloud.set_failure(mode, hold_seconds=0.5)
-    time.sleep(1.0)
+    # scheduled as the outage begins: the trigger reaches the app, the worker's claim does not reach Nextcloud
+    task_id = nextcloud.schedule({"input": "during the outage", "numberOfImages": 1})
+    wait_until(lambda: _failed_app_requests(nextcloud) >= 2, 10, "the worker did not try again after a failure")
     nextcloud.set_failure(None)
-    app_url, nextcloud.app_url = nextcloud.app_url, "http://127.0.0.1:9"
-    task_id = nextcloud.schedule({"input": "after the outage", "numberOfImages": 1})
-    nextcloud.app_url = app_url
-    nextcloud.schedule({"input": "wake up", "numberOfImages": 1})
-    assert nextcloud.wait_for_task(task_id, timeout=20)["status"] == SUCCESS
+    assert nextcloud.wait_for_task(task_id, timeout=20)["status"] == SUCCESS  # the back-off's next try claims it
+
+
+def _failed_app_requests(nextcloud) -> int:
+    """Requests from the app that the failure mode answered (503 in maintenance, 504 after a timeout)."""
+    return sum(r.source == "app" and r.status in (503, 504) for r in nextcloud.requests)
 
 
 def test_cancelled_task_stops_and_gets_no_progress_after_its_end(exapp):
@@ -181,27 +201,45 @@ def test_cancelled_task_stops_and_gets_no_progress_after_its_end(exapp):
     task_id = nextcloud.schedule({"input": "slow", "numberOfImages": 1})
     wait_until(lambda: backend.steps_run >= 5)
     nextcloud.cancel(task_id)
-    time.sleep(1.0)
+    # the worker learns of the cancel from its next progress report, stops the generation and ends the task's job
+    wait_until(lambda: _tasks_in_progress(nextcloud) == 0, 10, "the worker kept working on the cancelled task")
     steps = backend.steps_run
-    assert steps < 60, "the generation kept running after the cancel"
-    time.sleep(0.5)
-    assert backend.steps_run == steps
+    assert steps < 100, "the generation ran to its end after the cancel"
+    progress_reports = _progress_reports(nextcloud, task_id)
     task = nextcloud.task(task_id)
     assert task["status"] == "STATUS_CANCELLED"
     assert task["output"] is None
     next_id = nextcloud.schedule({"input": "next", "numberOfImages": 1})
     backend.step_seconds = 0.0
     assert nextcloud.wait_for_task(next_id, timeout=20)["status"] == SUCCESS
+    # while the next task ran its 100 steps, nothing more ran or was reported for the cancelled one
+    assert backend.steps_run == steps + 100
+    assert _progress_reports(nextcloud, task_id) == progress_reports
+
+
+def _tasks_in_progress(nextcloud) -> float:
+    metrics = httpx2.get(f"{nextcloud.app_url}/metrics").text
+    found = re.search(r"^t2i_tasks_in_progress (\S+)$", metrics, re.MULTILINE)
+    assert found is not None, metrics
+    return float(found.group(1))
+
+
+def _progress_reports(nextcloud, task_id: int) -> int:
+    return sum(r.path.endswith(f"/tasks_provider/{task_id}/progress") for r in nextcloud.requests)
 
 
 def test_no_progress_is_sent_after_the_result(exapp):
     exapp.backends = StaticBackends(local_backend=InstantBackend(steps=20, step_seconds=0.02))
-    exapp.start()
+    exapp.start(timing=replace(FAST_TIMING, poll_interval=0.2))
     nextcloud = exapp.nextcloud
     nextcloud.register_app()
     task_id = nextcloud.schedule({"input": "x", "numberOfImages": 1})
     assert nextcloud.wait_for_task(task_id, timeout=10)["status"] == SUCCESS
-    time.sleep(0.5)
+    # A progress reporter left running would report again within progress_keepalive (0.5 s). Wait until the
+    # worker has polled 4 times since the result (at once, then every 0.2 s): 0.6 s on the app's own clock, which a
+    # fixed sleep in the test's thread does not guarantee on a loaded machine.
+    since = len(nextcloud.requests)
+    wait_until(lambda: _empty_claims(nextcloud, since) >= 4, 10, "the worker stopped polling")
     paths = [request.path for request in nextcloud.requests if f"/tasks_provider/{task_id}/" in request.path]
     assert paths[-1].endswith("/result")
     assert any(path.endswith("/progress") for path in paths)
