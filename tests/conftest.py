@@ -25,7 +25,7 @@ FAST_TIMING = WorkerTiming(
     backoff_initial=0.05,
     backoff_max=0.5,
     delivery_deadline=60.0,
-    shutdown_grace=2.0,
+    shutdown_grace=1.0,
 )
 ROUTES = [("^/v1/.*", "GET,POST", 0)]
 

@@ -251,6 +251,15 @@ class _Route:
 
 
 @dataclasses.dataclass
+class _Scripted:
+    method: str
+    path: re.Pattern[str]
+    status: int
+    body: Any
+    count: int
+
+
+@dataclasses.dataclass
 class _Req:
     """One request. ``user``: the user who logged in with HTTP basic auth (set by ``_dispatch`` for the user-side
     routes); None when nobody did, and for requests from the ExApp."""
@@ -407,7 +416,8 @@ def _json_response(req: _Req, status: int, data: Any, user: str | None = None) -
     return _raw_response(status, _json_bytes(data), headers)
 
 
-def _ocs_v1(req: _Req, data: Any, *, statuscode: int = 100, message: str = "OK", http_status: int = 200) -> Response:
+def ocs_v1_body(data: Any, *, statuscode: int = 100, message: str = "OK") -> JsonDict:
+    """An OCS v1 envelope, as AppAPI's endpoints answer (errors mostly with HTTP 200)."""
     meta = {
         "status": "ok" if statuscode == 100 else "failure",
         "statuscode": statuscode,
@@ -415,7 +425,11 @@ def _ocs_v1(req: _Req, data: Any, *, statuscode: int = 100, message: str = "OK",
         "totalitems": "",
         "itemsperpage": "",
     }
-    return _json_response(req, http_status, {"ocs": {"meta": meta, "data": data}})
+    return {"ocs": {"meta": meta, "data": data}}
+
+
+def _ocs_v1(req: _Req, data: Any, *, statuscode: int = 100, message: str = "OK", http_status: int = 200) -> Response:
+    return _json_response(req, http_status, ocs_v1_body(data, statuscode=statuscode, message=message))
 
 
 def _ocs_v2(
@@ -481,6 +495,7 @@ class FakeNextcloud:
     def _reset_state(self) -> None:
         with self._lock:
             self._failure: str | None = None
+            self._scripted: list[_Scripted] = []
             self._hold_seconds = 5.0
             self._enabled = False
             self._init_progress: int | None = None
@@ -605,6 +620,23 @@ class FakeNextcloud:
         return user or ""
 
     # ---- failure injection -----------------------------------------------------------------------------------------
+
+    def answer_next(self, method: str, path: str, status: int, body: Any, *, count: int = 1) -> None:
+        """The next ``count`` requests ``method`` to a path matching the regex ``path`` get ``body`` (JSON) with
+        ``status`` instead of being processed: a registration that collided (OCS v1 statuscode 996, "Entity which
+        should be updated has no id", seen once in 40 registrations on a real server), a malformed answer, …"""
+        with self._lock:
+            self._scripted.append(_Scripted(method.upper(), re.compile(path), status, body, count))
+
+    def _scripted_answer(self, req: _Req) -> Response | None:
+        with self._lock:
+            for scripted in self._scripted:
+                if scripted.method == req.request.method and scripted.path.search(req.request.url.path):
+                    scripted.count -= 1
+                    if scripted.count <= 0:
+                        self._scripted.remove(scripted)
+                    return _json_response(req, scripted.status, scripted.body)
+        return None
 
     def set_failure(self, mode: str | None, *, hold_seconds: float = 5) -> None:
         """Switch failure injection: None, "refuse", "maintenance", "timeout" or "wrong_secret"."""
@@ -1343,6 +1375,9 @@ class FakeNextcloud:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(release.wait(), self._hold_seconds)
             return _raw_response(504, b"", [("X-Request-Id", req.request_id)])
+        scripted = self._scripted_answer(req)
+        if scripted is not None:
+            return scripted
         path = req.request.url.path
         if failure == "maintenance":
             meta: JsonDict = {"status": "failure", "statuscode": 503, "message": "Service unavailable"}

@@ -48,8 +48,8 @@ def test_worker_gauges_read_tasks_in_progress_at_scrape_time():
     assert sample(metrics, "t2i_tasks_in_progress") == 2
     running.pop()
     assert sample(metrics, "t2i_tasks_in_progress") == 1
-    metrics.set_queue_depth(7)
-    assert sample(metrics, "t2i_task_queue_depth") == 7
+    metrics.task_recovered("redone")
+    assert sample(metrics, "t2i_tasks_recovered_total", outcome="redone") == 1
 
 
 def test_api_counters():

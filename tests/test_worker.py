@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from PIL.PngImagePlugin import PngImageFile
 
 from tests.conftest import FAST_TIMING, wait_until
+from tests.fake_nextcloud import ocs_v1_body
 from tests.instant_backend import InstantBackend, StaticBackends
 from tests.pngs import open_png
 from text2image_hub.errors import GpuOutOfMemoryError
@@ -282,7 +284,7 @@ def test_requests_without_valid_appapi_headers_get_401(registered, app_secret):
         assert client.post(f"{url}/trigger?providerId=x", headers=good).status_code == 200
 
 
-def test_shutdown_fails_the_task_in_hand(exapp):
+def test_shutdown_keeps_the_task_in_hand_and_the_next_start_finishes_it(exapp):
     backend = InstantBackend(steps=1000, step_seconds=0.05)
     exapp.backends = StaticBackends(local_backend=backend)
     exapp.start()
@@ -290,10 +292,32 @@ def test_shutdown_fails_the_task_in_hand(exapp):
     nextcloud.register_app()
     task_id = nextcloud.schedule({"input": "endless", "numberOfImages": 1})
     wait_until(lambda: backend.steps_run >= 2)
+    started = time.monotonic()
     exapp.stop()
+    assert time.monotonic() - started < 5, "the shutdown must fit docker stop's 10 s"
+    assert nextcloud.task(task_id)["status"] == "STATUS_RUNNING", "not failed: it is done again at the next start"
+    assert list((exapp.storage / "journal").glob("*.json")) == [exapp.storage / "journal" / f"{task_id}.json"]
+
+    backend.steps = 2
+    exapp.start()  # AppAPI does not call /enabled after a restart
+    task = nextcloud.wait_for_task(task_id, timeout=10)
+    assert task["status"] == SUCCESS
+    wait_until(lambda: not list((exapp.storage / "journal").glob("*.json")), 5, "the entry outlived its task")
+
+
+def test_disabling_fails_the_task_in_hand(exapp):
+    backend = InstantBackend(steps=1000, step_seconds=0.05)
+    exapp.backends = StaticBackends(local_backend=backend)
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    task_id = nextcloud.schedule({"input": "endless", "numberOfImages": 1})
+    wait_until(lambda: backend.steps_run >= 2)
+    nextcloud.disable_app()
     task = nextcloud.task(task_id)
     assert task["status"] == FAILED
-    assert "restarted" in task["userFacingErrorMessage"]
+    assert "switched off by the administrator" in task["userFacingErrorMessage"]
+    assert list((exapp.storage / "journal").glob("*.json")) == []
 
 
 def test_init_reports_progress_then_100(registered):
@@ -315,3 +339,29 @@ def test_visible_mark_follows_the_task_include_watermark(registered, include_wat
     ]
     assert any(pixel != centre for pixel in corner) is include_watermark
     assert _images(nextcloud, nextcloud.task(task_id))[0].text["AI-Generated"] == "true"
+
+
+def test_enabling_survives_a_registration_that_collided(exapp):
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    collided = ocs_v1_body([], statuscode=996, message="Entity which should be updated has no id")
+    nextcloud.answer_next("POST", r"/ai_provider/task_processing$", 200, collided)
+    nextcloud.register_app()  # /enabled retries instead of answering the error to AppAPI
+    assert nextcloud.enabled
+    assert PROVIDER_ID in nextcloud.providers
+    task = nextcloud.wait_for_task(nextcloud.schedule({"input": "x", "numberOfImages": 1}), timeout=10)
+    assert task["status"] == SUCCESS
+
+
+def test_progress_call_that_raises_does_not_leave_the_task_running(exapp, caplog):
+    backend = InstantBackend(steps=20, step_seconds=0.02)
+    exapp.backends = StaticBackends(local_backend=backend)
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    malformed = {"ocs": {"meta": {"status": "ok", "statuscode": 200, "message": "OK"}, "data": ["not a task"]}}
+    nextcloud.answer_next("POST", r"/tasks_provider/\d+/progress$", 200, malformed)
+    with caplog.at_level(logging.ERROR, logger="text2image_hub"):
+        task = nextcloud.wait_for_task(nextcloud.schedule({"input": "x", "numberOfImages": 1}), timeout=10)
+    assert task["status"] == SUCCESS
+    assert any("progress reporting failed" in record.getMessage() for record in caplog.records)

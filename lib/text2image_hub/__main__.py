@@ -54,7 +54,7 @@ def main() -> None:
     os.environ.setdefault("APP_HOST", settings.app_host)
     os.environ.setdefault("APP_PORT", str(settings.app_port))
     Path(settings.persistent_storage).mkdir(parents=True, exist_ok=True)
-    run_app(create_app(settings), log_config=None, timeout_graceful_shutdown=60)
+    run_app(create_app(settings), log_config=None, timeout_graceful_shutdown=2)  # docker stop: SIGKILL after 10 s
 
 
 if __name__ == "__main__":

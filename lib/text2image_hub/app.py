@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
@@ -18,17 +19,22 @@ from .admin import SENSITIVE_FIELDS, ConfigReader, settings_form
 from .api import ApiState, install_api
 from .auth import appapi_user
 from .errors import ConfigurationError, NextcloudUnavailableError, Text2ImageError
+from .journal import TaskJournal
 from .metrics import Metrics
 from .nextcloud import NextcloudGateway, NextcloudLogForwarder
 from .registration import Registration
 from .service import BackendSet, ImageService
 from .settings import Settings
 from .status import STANDALONE_HINT, setup_status
+from .supervision import Supervisor
 from .worker import TaskWorker, WorkerTiming
 
 logger = logging.getLogger(__name__)
 
 BackendFactory = Callable[[Settings], Awaitable[BackendSet]]
+WORKER = "task-worker"
+ENABLE_RETRY_SECONDS = 30.0
+"""How long /enabled retries a transient Nextcloud error (AppAPI waits 60 s for its answer)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,19 @@ class Hub:
     config: ConfigReader
     exapp: ExAppParts | None
     api: ApiState
+    supervisor: Supervisor
+
+    def worker_problem(self) -> str | None:
+        """Why the task worker is not doing its job (not running, or not reaching Nextcloud); None when it is."""
+        if self.exapp is None:
+            return None
+        if not self.supervisor.alive(WORKER):
+            return "the task worker is not running (it failed and is being restarted; the log has the error)"
+        age = self.exapp.worker.last_pass_age()
+        limit = 3 * self.settings.poll_interval + 30
+        if age is None or age > limit:
+            return "the task worker has not reached Nextcloud" + (f" for {age:.0f} s" if age is not None else " yet")
+        return None
 
     def nextcloud(self) -> ExAppParts:
         if self.exapp is None:
@@ -93,8 +112,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[_State]:
         backend_set = await backends(settings)
-        service = ImageService(backend_set, settings.app_version)
         metrics = Metrics()
+        service = ImageService(backend_set, settings.app_version, metrics)
         gateway = None if settings.standalone else NextcloudGateway(settings)
         config = ConfigReader(
             gateway.config_values if gateway else None, settings.config_defaults, automatic=settings.automatic_backend
@@ -102,21 +121,23 @@ def create_app(
         exapp = None
         if gateway is not None:
             registration = Registration(gateway, functools.partial(_form, settings))
-            worker = TaskWorker(gateway, service, config, registration, timing, metrics)
+            journal = TaskJournal(settings.persistent_storage)
+            worker = TaskWorker(gateway, service, config, registration, journal, timing, metrics)
             metrics.track_tasks_in_progress(lambda: worker.busy)
             exapp = ExAppParts(gateway, worker)
         api = ApiState.create(settings, metrics)
-        hub = Hub(settings, service, config, exapp, api)
-        background = [asyncio.create_task(api.run_sweeper(), name="image-sweeper")]
+        supervisor = Supervisor()
+        hub = Hub(settings, service, config, exapp, api, supervisor)
+        supervisor.start("image-sweeper", api.run_sweeper)
         if settings.standalone:
-            background.append(asyncio.create_task(_warm_up(hub), name="warm-up"))
+            supervisor.start("warm-up", functools.partial(_warm_up, hub))
         app_logger = logging.getLogger("text2image_hub")
         forwarder = None
         if exapp is not None:
             forwarder = NextcloudLogForwarder(exapp.gateway, asyncio.get_running_loop())
             app_logger.addHandler(forwarder)
-            background.append(asyncio.create_task(forwarder.run(), name="log-forwarder"))
-            background.append(asyncio.create_task(exapp.worker.run(), name="task-worker"))
+            supervisor.start("log-forwarder", forwarder.run)
+            supervisor.start(WORKER, exapp.worker.run)
         try:
             yield {"hub": hub}
         finally:
@@ -124,9 +145,7 @@ def create_app(
                 await exapp.worker.shutdown()
             if forwarder is not None:
                 app_logger.removeHandler(forwarder)
-            for job in background:
-                job.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await supervisor.stop()
             await backend_set.aclose()
             if exapp is not None:
                 await exapp.gateway.aclose()
@@ -216,16 +235,30 @@ async def _initialize(hub: Hub, gateway: NextcloudGateway) -> None:
 
 
 async def _set_enabled(hub: Hub, enabled: bool) -> str:
+    """/enabled: register (or withdraw) the form and the provider. A transient Nextcloud error (a timeout, a
+    maintenance window, a registration that collided with another) is retried for up to ``ENABLE_RETRY_SECONDS``
+    rather than returned: AppAPI leaves an app whose /enabled failed disabled."""
     parts = hub.nextcloud()
-    try:
-        if enabled:
-            await parts.gateway.ensure_sensitive_keys(SENSITIVE_FIELDS)
-            await parts.worker.enable()
-        else:
-            await parts.worker.disable()
-    except Text2ImageError as exc:
-        logger.error("enabled=%s failed: %s", enabled, exc)
-        return str(exc)
+    deadline = time.monotonic() + ENABLE_RETRY_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            if enabled:
+                await parts.gateway.ensure_sensitive_keys(SENSITIVE_FIELDS)
+                await parts.worker.enable()
+            else:
+                await parts.worker.disable()
+            break
+        except NextcloudUnavailableError as exc:
+            if time.monotonic() + delay > deadline:
+                logger.error("enabled=%s failed: %s", enabled, exc)
+                return str(exc)
+            logger.warning("enabled=%s: %s; trying again in %.1f s", enabled, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        except Text2ImageError as exc:
+            logger.error("enabled=%s failed: %s", enabled, exc)
+            return str(exc)
     logger.info("app %s", "enabled" if enabled else "disabled")
     return ""
 

@@ -7,9 +7,9 @@ series count stays bounded whatever clients send.
 Who records what:
 
 - the HTTP middleware: ``request_finished`` for every request;
-- the /v1 routes (source ``api``) and the task worker (source ``task``): ``generation_started`` /
-  ``generation_finished`` / ``generation_failed`` around each ``ImageService.generate`` call;
-- the task worker: ``track_tasks_in_progress`` and ``set_queue_depth``.
+- ``ImageService.generate`` (source ``task`` or ``api``): ``generation_started`` and then ``generation_finished`` or
+  ``generation_failed``, balanced whatever happens;
+- the task worker: ``track_tasks_in_progress`` and ``task_recovered`` (tasks found in the journal at start-up).
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ class Metrics:
         self._tasks_in_progress = Gauge(
             "t2i_tasks_in_progress", "Nextcloud tasks this app is working on now.", registry=registry
         )
-        self._queue_depth = Gauge(
-            "t2i_task_queue_depth",
-            "Nextcloud tasks waiting for this provider, as last seen by the worker.",
+        self._recovered = Counter(
+            "t2i_tasks_recovered",
+            "Tasks found in the journal after a restart, by outcome (redone, or failed: too old or given up).",
+            ("outcome",),
             registry=registry,
         )
         self._cache = Counter(
@@ -119,8 +120,8 @@ class Metrics:
         """Read the number of running tasks from ``count`` at every scrape (e.g. ``lambda: worker.busy``)."""
         self._tasks_in_progress.set_function(lambda: float(count()))
 
-    def set_queue_depth(self, depth: int) -> None:
-        self._queue_depth.set(depth)
+    def task_recovered(self, outcome: str) -> None:
+        self._recovered.labels(outcome).inc()
 
     # --- the /v1 API -----------------------------------------------------------------------------------------------
     def cache_lookup(self, *, hit: bool) -> None:

@@ -24,8 +24,10 @@ from .errors import (
     GenerationError,
     InvalidRequestError,
     NotFoundError,
+    Text2ImageError,
 )
 from .imaging import ImageSize, Provenance, encode_png, sizes_text
+from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +104,10 @@ class BackendSet(Protocol):
 
 
 class ImageService:
-    def __init__(self, backends: BackendSet, app_version: str) -> None:
+    def __init__(self, backends: BackendSet, app_version: str, metrics: Metrics | None = None) -> None:
         self._backends = backends
         self._app_version = app_version
+        self._metrics = metrics or Metrics()
         self._gpu = asyncio.Lock()
 
     @property
@@ -139,7 +142,28 @@ class ImageService:
     async def generate(
         self, spec: GenerationSpec, config: RuntimeConfig, control: GenerationControl | None = None
     ) -> GenerationResult:
-        control = control or GenerationControl()
+        """Make the images ``spec`` asks for with ``config``'s backend; counted in the metrics by ``spec.source``."""
+        self._metrics.generation_started(spec.source)
+        failure = "INTERNAL_ERROR"
+        result: GenerationResult | None = None
+        try:
+            result = await self._generate(spec, config, control or GenerationControl())
+        except Text2ImageError as exc:
+            failure = exc.code
+            raise
+        except asyncio.CancelledError:
+            failure = "CANCELLED"
+            raise
+        finally:
+            if result is None:
+                self._metrics.generation_failed(spec.source, failure)
+            else:
+                self._metrics.generation_finished(spec.source, result.backend, len(result.images), result.seconds)
+        return result
+
+    async def _generate(
+        self, spec: GenerationSpec, config: RuntimeConfig, control: GenerationControl
+    ) -> GenerationResult:
         started = time.perf_counter()
         if spec.model is not None:
             backend, use_gpu_lock = await self._backend_for_model(spec.model, config)
@@ -150,16 +174,17 @@ class ImageService:
             result = await self._run(await self._backends.local(config), spec, config, control, gpu=True)
         else:
             result = await self._local_then_remote(spec, config, control)
-        logger.info(
+        seconds = time.perf_counter() - started
+        logger.debug(
             "generated %d image(s) %s on %s/%s in %.2f s (%s)",
             len(result.images),
             result.size,
             result.backend,
             result.model,
-            time.perf_counter() - started,
+            seconds,
             spec.source,
         )
-        return replace(result, seconds=time.perf_counter() - started)
+        return replace(result, seconds=seconds)
 
     async def _backend_for_model(self, model_id: str, config: RuntimeConfig) -> tuple[Backend, bool]:
         if config.backend != "remote":

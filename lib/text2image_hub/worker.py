@@ -1,9 +1,18 @@
 """The TaskProcessing loop: woken by /trigger or a polling interval, it drains Nextcloud's queue.
 
-A task is claimed only when a slot is free to start it. Each task runs inside one boundary that always ends it
-SUCCESSFUL or FAILED (with an admin and a user-facing message), unless the user cancelled or deleted it.
-Progress is sent at most about once a second while the image is made, never after the result is reported.
-When Nextcloud is unreachable or in maintenance the worker backs off, and results are kept and retried.
+A task is claimed only when a slot is free to start it, and journaled (``journal.py``) before anything else happens:
+Nextcloud never times out a RUNNING task, so one this process loses would stay RUNNING for ever. Each task runs
+inside one boundary that always ends it SUCCESSFUL or FAILED (with an admin and a user-facing message), unless the
+user cancelled or deleted it; on start-up, the journal's tasks are done again or reported FAILED.
+
+A task frees its slot when its images are made, so the next one is claimed while it uploads and reports. Progress
+is sent at most about once a second while the image is made, never after the result is reported. When Nextcloud is
+unreachable or in maintenance the worker backs off; results are kept and retried until the delivery deadline, and
+an outcome that could not be delivered stays in the journal until Nextcloud answers again.
+
+Shutdown fits ``docker stop`` (SIGKILL 10 s after SIGTERM): claiming stops at once, tasks get ``shutdown_grace``
+seconds to finish, the others stop at their next step and stay in the journal for the next start. Disabling the
+app instead reports them FAILED.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 from nc_py_api.ex_app.providers.task_processing import TaskProcessingProvider
@@ -25,9 +34,11 @@ from .errors import (
     BackendUnavailableError,
     ConfigurationError,
     GenerationCancelledError,
+    InvalidRequestError,
     NextcloudUnavailableError,
     Text2ImageError,
 )
+from .journal import JournalEntry, TaskJournal
 from .metrics import Metrics
 from .nextcloud import STATUS_CANCELLED, STATUS_GONE, ClaimedTask
 from .provider import PROVIDER_ID, TaskInput, provider_declaration, unconfigured_model
@@ -39,7 +50,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 INTERNAL_ERROR_MESSAGE = "The image could not be generated because of an internal error. Please try again later."
-SHUTDOWN_MESSAGE = "The image service restarted before your image was ready. Please try again."
+RESTART_MESSAGE = "The image service restarted before your image was ready. Please try again."
+DISABLED_MESSAGE = "The image service was switched off by the administrator before your image was ready."
+GIVEN_UP_MESSAGE = (
+    "This image could not be generated: the image service stopped each time it tried. Please try another prompt or "
+    "size, or ask your administrator."
+)
+UNDELIVERED_MESSAGE = "Your image was made, but the server could not store it in time. Please try again."
 NEXTCLOUD_LOG_WARNING = 2
 NEXTCLOUD_LOG_ERROR = 3
 
@@ -70,7 +87,12 @@ class WorkerTiming:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     delivery_deadline: float = 900.0
-    shutdown_grace: float = 30.0
+    shutdown_grace: float = 5.0
+    """Seconds running tasks get to finish on shutdown (``docker stop`` kills 10 s after SIGTERM)."""
+    recovery_limit: float = 3600.0
+    """A journaled task claimed longer ago than this is reported FAILED at start-up rather than done again."""
+    max_attempts: int = 2
+    """Generations started for one task before it is given up (a task that takes the process down each time)."""
 
 
 class _Backoff:
@@ -86,6 +108,17 @@ class _Backoff:
         self.delay = 0.0
 
 
+class _Abandoned(Exception):
+    """Nextcloud did not take a delivery before the deadline (the outcome stays in the journal)."""
+
+
+@dataclass
+class _Job:
+    control: GenerationControl
+    task_id: int
+    generating: bool = True
+
+
 class TaskWorker:
     def __init__(
         self,
@@ -93,6 +126,7 @@ class TaskWorker:
         service: ImageService,
         config: ConfigReader,
         registration: Registration,
+        journal: TaskJournal,
         timing: WorkerTiming | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -102,11 +136,15 @@ class TaskWorker:
         self._config = config
         self._timing = timing or WorkerTiming()
         self._registration = registration
+        self._journal = journal
         self._status: SetupStatus | None = None
         self._wake = asyncio.Event()
         self._enabled: bool | None = None  # None: ask Nextcloud (AppAPI does not call /enabled after a restart)
         self._stopping = False
-        self._running: dict[asyncio.Task[None], GenerationControl] = {}
+        self._disabling = False
+        self._journal_due = True  # journaled tasks to finish: at start-up, and after an undelivered outcome
+        self._jobs: dict[asyncio.Task[None], _Job] = {}
+        self._last_pass: float | None = None
 
     # --- control from the HTTP handlers ---------------------------------------------------------------------------
     def wake(self) -> None:
@@ -116,15 +154,26 @@ class TaskWorker:
         """Register the provider and the settings form for the current config and start claiming tasks."""
         await self._sync_registration(enabling=True)
         self._enabled = True
+        self._journal_due = True
         self.wake()
 
     async def disable(self) -> None:
+        """Stop claiming, stop the tasks in hand (reported FAILED) and withdraw the provider and the form."""
         self._enabled = False
+        self._disabling = True
+        try:
+            await self._stop_jobs()
+        finally:
+            self._disabling = False
         await self._registration.withdraw()
 
     @property
     def busy(self) -> int:
-        return len(self._running)
+        return len(self._jobs)
+
+    def last_pass_age(self) -> float | None:
+        """Seconds since the last pass that reached Nextcloud (None: none yet)."""
+        return None if self._last_pass is None else time.monotonic() - self._last_pass
 
     # --- the loop -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -132,7 +181,7 @@ class TaskWorker:
         outage_logged = False
         while not self._stopping:
             try:
-                await self._claim_while_slots_free()
+                await self._pass()
             except NextcloudUnavailableError as exc:
                 delay = backoff.next()
                 if not outage_logged:
@@ -140,31 +189,61 @@ class TaskWorker:
                     outage_logged = True
                 await self._idle(delay)
                 continue
+            self._last_pass = time.monotonic()
             if outage_logged:
                 logger.info("Nextcloud is reachable again")
                 outage_logged = False
             backoff.reset()
             await self._idle(self._timing.poll_interval)
 
-    async def _claim_while_slots_free(self) -> None:
+    async def _pass(self) -> None:
         restored = False
         if self._enabled is None:
-            self._enabled = restored = await self._gateway.enabled()
-            logger.info("enabled state from Nextcloud: %s", self._enabled)
+            answer = await self._gateway.enabled()
+            if self._enabled is None:  # /enabled may have come meanwhile: it knows better
+                self._enabled = restored = answer
+                logger.info("enabled state from Nextcloud: %s", answer)
         if not self._enabled:
             return
         config = await self._sync_registration(enabling=restored)  # after a restart: register again
+        if self._journal_due:
+            self._journal_due = False
+            await self._finish_journal()
         # with an invalid config, tasks are still claimed (one at a time) and fail with a message naming the setting
         slots = self._service.task_slots(config) if config is not None else 1
-        while not self._stopping and self._enabled and len(self._running) < slots:
+        while not self._stopping and self._enabled and self._generating() < slots:
             task = await self._gateway.claim_next(PROVIDER_ID)
             if task is None:
                 return
-            logger.info("task %d claimed", task.id)
-            control = GenerationControl()
-            job = asyncio.create_task(self._process(task, control), name=f"task-{task.id}")
-            self._running[job] = control
-            job.add_done_callback(self._finished)
+            logger.debug("task %d claimed", task.id)
+            entry = self._journal.new_entry(task.id, task.input, task.include_watermark)
+            await self._journal.write(entry)
+            self._start(entry)
+
+    def _generating(self) -> int:
+        return sum(job.generating for job in self._jobs.values())
+
+    def _start(self, entry: JournalEntry) -> None:
+        control = GenerationControl()
+        job = asyncio.create_task(self._process(entry, control), name=f"task-{entry.task_id}")
+        self._jobs[job] = _Job(control, entry.task_id)
+        job.add_done_callback(self._finished)
+
+    def _finished(self, job: asyncio.Task[None]) -> None:
+        self._jobs.pop(job, None)
+        self._wake.set()  # a slot is free: look for the next task at once
+
+    def _generated(self, task_id: int) -> None:
+        """The task's images are made: its slot is free for the next task while it uploads and reports."""
+        for job in self._jobs.values():
+            if job.task_id == task_id:
+                job.generating = False
+        self._wake.set()
+
+    async def _idle(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
 
     async def _sync_registration(self, *, enabling: bool = False) -> RuntimeConfig | None:
         """Read the config, start what the local model needs, and keep the provider and the form in step with it."""
@@ -191,15 +270,6 @@ class TaskWorker:
             logger.warning("not ready: %s", status.text)
             await self._gateway.log(NEXTCLOUD_LOG_WARNING, f"Text2Image Hub is not ready: {status.text}")
 
-    def _finished(self, job: asyncio.Task[None]) -> None:
-        self._running.pop(job, None)
-        self._wake.set()  # a slot is free: look for the next task at once
-
-    async def _idle(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        self._wake.clear()
-
     async def _declaration(self, config: RuntimeConfig | None) -> TaskProcessingProvider:
         if config is None:
             return provider_declaration(unconfigured_model(), unconfigured_model().default_size)
@@ -211,105 +281,169 @@ class TaskWorker:
         default = chosen if chosen is not None and chosen in model.sizes else model.default_size
         return provider_declaration(model, default, fallback=config.backend == "local_then_remote")
 
-    # --- one task ---------------------------------------------------------------------------------------------------
-    async def _process(self, task: ClaimedTask, control: GenerationControl) -> None:
-        """The per-task boundary: every task ends SUCCESSFUL or FAILED unless the user cancelled or deleted it."""
-        progress = _ProgressReporter(self._gateway, task.id, control, self._timing)
-        try:
-            config = await self._config.load()  # read after the claim: a value saved a moment ago applies
-            request = TaskInput.parse(task.input)
-            seeds = None if request.seed is None else tuple(request.seed + i for i in range(request.count))
-            spec = GenerationSpec(
-                prompt=request.prompt,
-                count=request.count,
-                size=request.size,
-                seeds=seeds,
-                watermark=task.include_watermark,
-                source="task",
-            )
-            self._metrics.generation_started("task")
-            result = await self._service.generate(spec, config, control)
-            self._metrics.generation_finished("task", result.backend, len(result.images), result.seconds)
-            await progress.stop()
-            await self._deliver(task, result)
-        except GenerationCancelledError as exc:
-            self._metrics.generation_failed("task", exc.code)
-            await progress.stop()
-            if self._stopping:
-                await self._fail(task, "generation stopped by a shutdown of the ExApp", SHUTDOWN_MESSAGE)
+    # --- the journal --------------------------------------------------------------------------------------------------
+    async def _finish_journal(self) -> None:
+        """Finish what the journal holds and nobody is working on: report what is due, do the rest again."""
+        in_hand = {job.task_id for job in self._jobs.values()}
+        for entry in await self._journal.entries():
+            if entry.task_id in in_hand:
+                continue
+            if entry.failure is not None:
+                admin_message, user_message = entry.failure
+                await self._fail(entry, admin_message, user_message or RESTART_MESSAGE)
+            elif self._journal.age(entry) > self._timing.recovery_limit:
+                hours = self._timing.recovery_limit / 3600
+                self._metrics.task_recovered("failed")
+                await self._fail(entry, f"claimed before a restart, more than {hours:g} h ago", RESTART_MESSAGE)
+            elif entry.attempts >= self._timing.max_attempts:
+                self._metrics.task_recovered("failed")
+                admin = f"the app stopped during each of its {entry.attempts} attempts at this task: given up"
+                await self._fail(entry, admin, GIVEN_UP_MESSAGE)
             else:
-                logger.info("task %d cancelled by the user; work stopped", task.id)
-        except Text2ImageError as exc:
-            self._metrics.generation_failed("task", exc.code)
+                logger.info("task %d was in hand before a restart: doing it again", entry.task_id)
+                self._metrics.task_recovered("redone")
+                self._start(entry)
+
+    # --- one task ---------------------------------------------------------------------------------------------------
+    async def _process(self, entry: JournalEntry, control: GenerationControl) -> None:
+        """The per-task boundary: every task ends SUCCESSFUL or FAILED unless the user cancelled or deleted it."""
+        progress = _ProgressReporter(self._gateway, entry.task_id, control, self._timing)
+        try:
+            result = await self._generate(entry, control)
             await progress.stop()
-            logger.warning("task %d failed: %s", task.id, exc)
+            self._generated(entry.task_id)
+            await self._deliver(entry, result)
+        except GenerationCancelledError:
+            await progress.stop()
+            if self._disabling:
+                await self._fail(entry, "the app was disabled while the task ran", DISABLED_MESSAGE)
+            elif self._stopping:
+                logger.info("task %d stopped by the shutdown: kept for the next start", entry.task_id)
+            else:
+                logger.info("task %d cancelled by the user; work stopped", entry.task_id)
+                await self._journal.remove(entry.task_id)
+        except InvalidRequestError as exc:
+            await progress.stop()
+            logger.info("task %d refused: %s", entry.task_id, exc)
+            await self._fail(entry, str(exc), exc.user_message)
+        except Text2ImageError as exc:
+            await progress.stop()
+            logger.warning("task %d failed: %s", entry.task_id, exc)
             if isinstance(exc, ConfigurationError):
                 await self._gateway.log(NEXTCLOUD_LOG_ERROR, str(exc))
-            await self._fail(task, str(exc), exc.user_message)
+            await self._fail(entry, str(exc), exc.user_message)
         except asyncio.CancelledError:
             progress.abandon()
-            await asyncio.shield(self._fail(task, "the ExApp stopped while the task ran", SHUTDOWN_MESSAGE))
-            raise
+            if self._disabling:
+                await asyncio.shield(self._fail(entry, "the app was disabled while the task ran", DISABLED_MESSAGE))
+            raise  # a shutdown: the journal keeps the task for the next start
         except Exception as exc:  # the per-task boundary: no task is ever left RUNNING
-            self._metrics.generation_failed("task", "INTERNAL_ERROR")
             await progress.stop()
-            logger.exception("task %d failed with an unexpected error", task.id)
-            await self._fail(task, f"internal error: {type(exc).__name__}: {exc}", INTERNAL_ERROR_MESSAGE)
+            logger.exception("task %d failed with an unexpected error", entry.task_id)
+            await self._fail(entry, f"internal error: {type(exc).__name__}: {exc}", INTERNAL_ERROR_MESSAGE)
 
-    async def _deliver(self, task: ClaimedTask, result: GenerationResult) -> None:
-        file_ids: list[int] = []
-        for image in result.images:
-            file_id = await self._retry(
-                task.id, "upload", functools.partial(self._gateway.upload_image, task.id, image.png)
-            )
-            if file_id is None:
-                logger.info("task %d was deleted before its images were stored", task.id)
-                return
-            file_ids.append(file_id)
-        status = await self._retry(task.id, "report", lambda: self._gateway.report_success(task.id, file_ids))
+    async def _generate(self, entry: JournalEntry, control: GenerationControl) -> GenerationResult:
+        config = await self._config.load()  # read after the claim: a value saved a moment ago applies
+        request = TaskInput.parse(entry.input)
+        seeds = None if request.seed is None else tuple(request.seed + i for i in range(request.count))
+        spec = GenerationSpec(
+            prompt=request.prompt,
+            count=request.count,
+            size=request.size,
+            seeds=seeds,
+            watermark=entry.include_watermark,
+            source="task",
+        )
+        await self._journal.started(entry)
+        return await self._service.generate(spec, config, control)
+
+    async def _deliver(self, entry: JournalEntry, result: GenerationResult) -> None:
+        started = time.perf_counter()
+        task_id = entry.task_id
+        try:
+            file_ids: list[int] = []
+            for image in result.images:
+                file_id = await self._retry(
+                    task_id, "upload", functools.partial(self._gateway.upload_image, task_id, image.png)
+                )
+                if file_id is None:
+                    logger.info("task %d was deleted before its images were stored", task_id)
+                    await self._journal.remove(task_id)
+                    return
+                file_ids.append(file_id)
+            status = await self._retry(task_id, "report", lambda: self._gateway.report_success(task_id, file_ids))
+        except _Abandoned as exc:
+            await self._keep_failure(entry, f"the images were made but could not be delivered: {exc}")
+            return
+        await self._journal.remove(task_id)
         if status == STATUS_CANCELLED:
-            logger.info("task %d was cancelled; its result was discarded by Nextcloud", task.id)
-        else:
-            logger.info(
-                "task %d done: %d image(s) %s on %s in %.2f s",
-                task.id,
-                len(file_ids),
-                result.size,
-                result.backend,
-                result.seconds,
-            )
+            logger.info("task %d was cancelled; its result was discarded by Nextcloud", task_id)
+            return
+        logger.info(
+            "task %d done: %d image(s) %s on %s/%s, generated in %.2f s, delivered in %.2f s",
+            task_id,
+            len(file_ids),
+            result.size,
+            result.backend,
+            result.model,
+            result.seconds,
+            time.perf_counter() - started,
+        )
 
-    async def _fail(self, task: ClaimedTask, admin_message: str, user_message: str) -> None:
-        await self._retry(task.id, "report", lambda: self._gateway.report_failure(task.id, admin_message, user_message))
+    async def _fail(self, entry: JournalEntry, admin_message: str, user_message: str) -> None:
+        task_id = entry.task_id
+        try:
+            report = functools.partial(self._gateway.report_failure, task_id, admin_message, user_message)
+            await self._retry(task_id, "report", report)
+        except _Abandoned as exc:
+            await self._keep_failure(replace(entry, failure=(admin_message, user_message)), str(exc))
+            return
+        await self._journal.remove(task_id)
 
-    async def _retry(self, task_id: int, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
-        """Run ``call`` until Nextcloud takes it or the delivery deadline passes (then the result is lost: logged)."""
+    async def _keep_failure(self, entry: JournalEntry, reason: str) -> None:
+        """Nextcloud did not answer in time: keep the failure in the journal and report it once it answers again."""
+        failure = entry.failure or (reason, UNDELIVERED_MESSAGE)
+        await self._journal.write(replace(entry, failure=failure))
+        self._journal_due = True
+        logger.error(
+            "task %d: %s; it stays RUNNING in Nextcloud until it can be reported FAILED, which is tried again when "
+            "Nextcloud answers",
+            entry.task_id,
+            reason,
+        )
+
+    async def _retry(self, task_id: int, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` until Nextcloud takes it; ``_Abandoned`` when the delivery deadline passes first."""
         backoff = _Backoff(self._timing)
-        deadline = time.monotonic() + self._timing.delivery_deadline
+        started = time.monotonic()
+        deadline = started + self._timing.delivery_deadline
         while True:
             try:
                 return await call()
             except NextcloudUnavailableError as exc:
                 delay = backoff.next()
                 if time.monotonic() + delay > deadline:
-                    logger.error("task %d: giving up the %s after %s (%s)", task_id, what, "retries", exc)
-                    return None
+                    raise _Abandoned(
+                        f"Nextcloud did not take the {what} for {time.monotonic() - started:.0f} s ({exc})"
+                    ) from exc
                 logger.warning("task %d: %s failed (%s); retrying in %.1f s", task_id, what, exc, delay)
                 await asyncio.sleep(delay)
 
     # --- shutdown ---------------------------------------------------------------------------------------------------
     async def shutdown(self) -> None:
-        """Stop claiming; let running tasks finish within the grace period, then stop them and report them failed."""
+        """Stop claiming; tasks get the grace period to finish, then stop at their next step (kept in the journal)."""
         self._stopping = True
         self._wake.set()
-        if not self._running:
+        await self._stop_jobs()
+
+    async def _stop_jobs(self) -> None:
+        if not self._jobs:
             return
-        jobs = set(self._running)
-        _, pending = await asyncio.wait(jobs, timeout=self._timing.shutdown_grace)
+        _, pending = await asyncio.wait(set(self._jobs), timeout=self._timing.shutdown_grace)
         for job in pending:
-            self._running[job].cancel()
+            self._jobs[job].control.cancel()  # cooperative: the generation stops at its next step
         if pending:
-            _, still = await asyncio.wait(pending, timeout=self._timing.shutdown_grace)
+            _, still = await asyncio.wait(pending, timeout=1.0)
             for job in still:
                 job.cancel()
             await asyncio.gather(*still, return_exceptions=True)
@@ -325,6 +459,7 @@ class _ProgressReporter:
         self._timing = timing
         self._stop = asyncio.Event()
         self._job = asyncio.create_task(self._run(), name=f"progress-{task_id}")
+        self._stopped = False
 
     async def _run(self) -> None:
         sent = -1.0
@@ -350,9 +485,15 @@ class _ProgressReporter:
                 return
 
     async def stop(self) -> None:
-        """Wait for an in-flight progress call, so that nothing is sent after the result."""
+        """Wait for an in-flight progress call, so that nothing is sent after the result. A reporter that failed is
+        logged here: progress is a courtesy, the task goes on."""
         self._stop.set()
-        await self._job
+        if self._stopped:
+            return
+        self._stopped = True
+        (outcome,) = await asyncio.gather(self._job, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            logger.error("task %d: progress reporting failed", self._task_id, exc_info=outcome)
 
     def abandon(self) -> None:
         self._stop.set()

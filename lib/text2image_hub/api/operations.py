@@ -6,6 +6,8 @@ health check and a metrics scraper), never through Nextcloud; they need no authe
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -14,6 +16,9 @@ from ..status import setup_status
 from .state import ApiHub
 
 router = APIRouter(tags=["operations"])
+
+READINESS_WAIT = 0.5
+"""Seconds /readyz waits for Nextcloud's answer to the configuration request (it answers within about a second)."""
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -29,7 +34,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     hub: ApiHub = request.state.hub
     try:
-        config = await hub.config.load()
+        config = await asyncio.wait_for(hub.config.load(), READINESS_WAIT)
+    except TimeoutError:
+        detail = "Nextcloud did not answer the configuration request within a second"
+        return JSONResponse({"status": "not ready", "reason": "NEXTCLOUD_UNAVAILABLE", "detail": detail}, 503)
     except Text2ImageError as exc:
         return JSONResponse({"status": "not ready", "reason": exc.code, "detail": str(exc)}, status_code=503)
     status = setup_status(config, hub.service.backends)
@@ -38,6 +46,9 @@ async def readyz(request: Request) -> JSONResponse:
         body["progress"] = status.percent
     if not status.usable:
         return JSONResponse({"status": "not ready", "reason": status.code, **body}, status_code=503)
+    problem = hub.worker_problem()
+    if problem is not None:
+        return JSONResponse({"status": "not ready", "reason": "WORKER_NOT_RUNNING", **body, "detail": problem}, 503)
     if not await hub.service.backends.ready(config):
         return JSONResponse({"status": "not ready", "reason": "BACKEND_NOT_READY", **body}, status_code=503)
     return JSONResponse({"status": "ready", **body})

@@ -41,7 +41,6 @@ from ..errors import (
     InvalidRequestError,
     NotFoundError,
     RateLimitError,
-    Text2ImageError,
 )
 from ..service import GenerationResult, GenerationSpec
 from ..settings import Settings
@@ -441,25 +440,14 @@ async def _generate(spec: GenerationSpec, context: ApiContext, *, use_cache: boo
         state.metrics.cache_lookup(hit=hit is not None)
         if hit is not None:
             return hit, True
-    state.metrics.generation_started("api")
-    result: GenerationResult | None = None
-    failure = "INTERNAL_ERROR"
     try:
         result = await context.hub.service.generate(spec, context.config)
     except (ConfigurationError, BackendUnavailableError) as exc:
-        failure = exc.code
         status = setup_status(context.config, context.hub.service.backends)
         if context.hub.settings.standalone and not status.usable and status.code != "MODEL_DOWNLOADING":
             # standalone, the setup is the operator's own: say what is missing and how to fix it
             raise BackendUnavailableError(str(exc), user_message=f"{status.text}. {STANDALONE_HINT}") from exc
         raise
-    except Text2ImageError as exc:
-        failure = exc.code
-        raise
-    finally:
-        if result is None:
-            state.metrics.generation_failed("api", failure)
-    state.metrics.generation_finished("api", result.backend, len(result.images), result.seconds)
     if key is not None:
         state.cache.put(key, result)
     return result, False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -11,11 +12,14 @@ from ..errors import ConfigurationError, Text2ImageError
 from ..settings import Settings
 from . import Backend, ModelInfo
 from .provisioning import LocalModels, LocalModelStatus, ProgressCallback
-from .remote import RemoteAccount, RemoteBackendPool, preset, remote_http_client
+from .remote import RemoteAccount, RemoteBackend, RemoteBackendPool, preset, remote_http_client
 
 logger = logging.getLogger(__name__)
 
-REACHABILITY_TTL = 60.0  # seconds a remote reachability check is remembered
+REACHABILITY_TTL = 30.0
+"""Seconds a remote reachability check is remembered (reachable or not)."""
+PROBE_WAIT = 0.9
+"""Seconds a readiness check waits for a running probe."""
 
 
 class Backends:
@@ -27,6 +31,7 @@ class Backends:
         self._pool = RemoteBackendPool(self._http)
         self._local = local_models if local_models is not None else LocalModels(settings)
         self._reachable: dict[tuple[str, str, str], tuple[float, bool]] = {}
+        self._probes: dict[tuple[str, str, str], asyncio.Task[bool]] = {}
 
     @property
     def local_models(self) -> LocalModels:
@@ -72,26 +77,46 @@ class Backends:
         return await self._remote_reachable(config)
 
     async def _remote_reachable(self, config: RuntimeConfig) -> bool:
-        """Whether the remote service answers ``GET /models`` with our token (remembered for a minute)."""
+        """Whether the remote service answers ``GET /models`` with our token, within about a second.
+
+        One probe at a time per account (concurrent readiness checks share it), one attempt with a short timeout,
+        its answer remembered for ``REACHABILITY_TTL``. A probe still running after ``PROBE_WAIT`` answers with the
+        last known result (not reachable when there is none) and goes on in the background.
+        """
         try:
             backend = self._pool.backend_for(self.remote_account(config))
         except Text2ImageError as exc:
-            logger.warning("remote service not usable: %s", exc)
+            logger.debug("remote service not usable: %s", exc)
             return False
-        now = time.monotonic()
-        checked = self._reachable.get(backend.account.key)
-        if checked is not None and now - checked[0] < REACHABILITY_TTL:
-            return checked[1]
+        key = backend.account.key
+        known = self._reachable.get(key)
+        if known is not None and time.monotonic() - known[0] < REACHABILITY_TTL:
+            return known[1]
+        probe = self._probes.get(key)
+        if probe is None:
+            probe = asyncio.create_task(self._probe(backend), name="remote-probe")
+            self._probes[key] = probe
         try:
-            await backend.list_models()
+            return await asyncio.wait_for(asyncio.shield(probe), PROBE_WAIT)
+        except TimeoutError:
+            return known[1] if known is not None else False
+
+    async def _probe(self, backend: RemoteBackend) -> bool:
+        key = backend.account.key
+        try:
+            await backend.list_models(probe=True)
             reachable = True
         except Text2ImageError as exc:
             logger.warning("remote service not reachable: %s", exc)
             reachable = False
-        self._reachable[backend.account.key] = (now, reachable)
+        finally:
+            self._probes.pop(key, None)
+        self._reachable[key] = (time.monotonic(), reachable)
         return reachable
 
     async def aclose(self) -> None:
+        for probe in self._probes.values():
+            probe.cancel()
         await self._local.aclose()
         await self._pool.aclose()
         await self._http.aclose()

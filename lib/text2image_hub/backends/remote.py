@@ -259,6 +259,11 @@ class RetryPolicy:
     default_retry_after: float = 6.0  # a 429 without Retry-After
 
 
+PROBE_TIMEOUT = 0.8
+"""Seconds a readiness probe of the service may take, all phases together."""
+PROBE_RETRY = RetryPolicy(max_attempts=1, max_busy_retries=0)
+
+
 def remote_http_client() -> httpx2.AsyncClient:
     """The shared client for remote backends (created in the app lifespan, closed there)."""
     return httpx2.AsyncClient(
@@ -320,9 +325,12 @@ class RemoteBackend:
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the app."""
 
-    async def list_models(self) -> list[str]:
-        """The model ids the service offers (``GET {base_url}/models``)."""
-        answer = await self._call("GET", "/models", None, images=0, control=None)
+    async def list_models(self, *, probe: bool = False) -> list[str]:
+        """The model ids the service offers (``GET {base_url}/models``).
+
+        ``probe``: one attempt within ``PROBE_TIMEOUT`` seconds, no retries (readiness checks must answer fast).
+        """
+        answer = await self._call("GET", "/models", None, images=0, control=None, probe=probe)
         if answer is None:  # cannot happen: without a control nothing cancels
             raise RemoteServiceError(f"{self._where()}: listing models was cancelled")
         payload = self._json(answer.body)
@@ -448,9 +456,18 @@ class RemoteBackend:
             await asyncio.sleep(delay)
 
     async def _call(
-        self, method: str, path: str, body: dict[str, object] | None, *, images: int, control: GenerationControl | None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, object] | None,
+        *,
+        images: int,
+        control: GenerationControl | None,
+        probe: bool = False,
     ) -> _Answer | None:
         """One logical call with retries; a 2xx answer, None if cancelled before sending, or a mapped error."""
+        retry = PROBE_RETRY if probe else self._retry
+        timeout = httpx2.Timeout(PROBE_TIMEOUT) if probe else None
         url = self._account.base_url + path
         attempt = 0
         busy = 0
@@ -463,7 +480,7 @@ class RemoteBackend:
             unreachable = False
             server_delay: float | None = None
             try:
-                answer = await self._send(method, url, body, images)
+                answer = await self._send(method, url, body, images, timeout)
             except httpx2.TimeoutException as exc:
                 failure, unreachable = f"no answer in time ({type(exc).__name__})", True
             except httpx2.TransportError as exc:
@@ -474,8 +491,8 @@ class RemoteBackend:
                 server_delay = self._retry_after(answer.headers)
                 if answer.status == 429:
                     busy += 1
-                    delay = server_delay if server_delay is not None else self._retry.default_retry_after
-                    if busy > self._retry.max_busy_retries:
+                    delay = server_delay if server_delay is not None else retry.default_retry_after
+                    if busy > retry.max_busy_retries:
                         raise RemoteBusyError(
                             f"{self._where()} still answered 429 (too many requests) after {busy} tries: "
                             f"{self._detail(answer)}",
@@ -501,7 +518,7 @@ class RemoteBackend:
                     )
                 failure = f"HTTP {answer.status}: {self._detail(answer)}"
             attempt += 1
-            if attempt >= self._retry.max_attempts:
+            if attempt >= retry.max_attempts:
                 message = f"{self._where()} failed after {attempt} attempts: {failure}"
                 if unreachable:
                     raise BackendUnavailableError(message)
@@ -550,12 +567,15 @@ class RemoteBackend:
         waiter.result()
         return not control.cancelled
 
-    async def _send(self, method: str, url: str, body: dict[str, object] | None, images: int) -> _Answer:
+    async def _send(
+        self, method: str, url: str, body: dict[str, object] | None, images: int, limits: httpx2.Timeout | None = None
+    ) -> _Answer:
         headers = {"Accept": "application/json"}
         secret = self._account.api_key.get_secret_value()
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
-        async with self._http.stream(method, url, json=body, headers=headers) as response:
+        chosen = limits if limits is not None else httpx2.USE_CLIENT_DEFAULT
+        async with self._http.stream(method, url, json=body, headers=headers, timeout=chosen) as response:
             cap = MAX_IMAGE_BYTES * 2 * max(1, images) if response.status_code < 300 else MAX_ERROR_BODY_BYTES
             content = await _read_capped(response, cap, self._where(), truncate=response.status_code >= 300)
             return _Answer(response.status_code, response.headers, content)
