@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from tests.child_app import ChildApp
@@ -82,6 +83,7 @@ def test_killed_mid_task_the_task_ends_after_the_restart(app: ChildApp, nextclou
 
     recovered = _restart_and_finish(app, nextcloud, task_id)
     assert recovered < 10
+    assert 't2i_tasks_recovered_total{outcome="redone"} 1.0' in httpx2.get(f"{app.url}/metrics").text
     _next_task_is_triggered(nextcloud)
 
 

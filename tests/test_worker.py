@@ -88,6 +88,8 @@ def test_invalid_input_fails_with_a_clear_message(registered, task_input, messag
     task = nextcloud.wait_for_task(nextcloud.schedule(task_input), timeout=10)
     assert task["status"] == FAILED
     assert message_part in task["userFacingErrorMessage"]
+    metrics = httpx2.get(f"{nextcloud.app_url}/metrics").text
+    assert 't2i_generations_in_progress{source="task"} -' not in metrics, "the gauge never goes negative"
 
 
 def test_size_the_backend_no_longer_supports_fails_naming_the_sizes(exapp):
