@@ -21,7 +21,7 @@ from pathlib import Path
 from tests.conftest import FAST_TIMING, ExAppRunner
 from tests.fake_nextcloud import FakeNextcloud
 from tests.instant_backend import InstantBackend, StaticBackends
-from text2image_hub.backends import GeneratedImage, GenerationControl, GenerationRequest
+from text2image_hub.backends import GeneratedImage, GenerationControl, ResolvedRequest
 
 
 @dataclass
@@ -29,9 +29,11 @@ class TimedBackend(InstantBackend):
     started: list[float] = field(default_factory=list)
     returned: list[float] = field(default_factory=list)
 
-    async def generate(self, request: GenerationRequest, control: GenerationControl) -> list[GeneratedImage]:
+    async def generate(
+        self, request: ResolvedRequest, control: GenerationControl, *, wait_limit: float | None = None
+    ) -> list[GeneratedImage]:
         self.started.append(time.perf_counter())
-        images = await super().generate(request, control)
+        images = await super().generate(request, control, wait_limit=wait_limit)
         self.returned.append(time.perf_counter())
         return images
 

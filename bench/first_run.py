@@ -27,7 +27,7 @@ from tests.fake_nextcloud import FakeNextcloud
 from tests.servers import ServerThread, free_port
 from tests.tiny_models import save_tiny_sdxl
 from text2image_hub.app import create_app
-from text2image_hub.backends import GenerationControl, GenerationRequest
+from text2image_hub.backends import GenerationControl, ResolvedRequest
 from text2image_hub.backends.catalog import SDXL_TURBO, local_model
 from text2image_hub.backends.local import LocalBackend
 from text2image_hub.imaging import ImageSize
@@ -57,12 +57,12 @@ async def tiny_seconds_per_image(folder: Path, repeats: int) -> tuple[float, flo
     started = time.perf_counter()
     backend = await LocalBackend.load(local_model(SDXL_TURBO), folder, device="cpu")
     load = time.perf_counter() - started
-    request = GenerationRequest(prompt="a fox in the snow", size=ImageSize(512, 512), seeds=(1,), steps=1)
+    request = ResolvedRequest(prompt="a fox in the snow", size=ImageSize(512, 512), count=1, seeds=(1,), steps=1)
     await backend.generate(request, GenerationControl())  # warm-up
     times = []
     for seed in range(repeats):
         started = time.perf_counter()
-        await backend.generate(GenerationRequest(request.prompt, request.size, (seed,), 1), GenerationControl())
+        await backend.generate(ResolvedRequest(request.prompt, request.size, 1, (seed,), steps=1), GenerationControl())
         times.append(time.perf_counter() - started)
     await backend.aclose()
     return load, statistics.median(times)

@@ -51,7 +51,7 @@ from transformers import (
 
 from tests.tiny_models import save_tiny_flux, save_tiny_sdxl, tiny_clip_tokenizer, tiny_flux_spec, tiny_sdxl_spec
 from tests.tiny_models import tiny_t5_tokenizer as tiny_t5
-from text2image_hub.backends import GenerationControl, GenerationRequest
+from text2image_hub.backends import GenerationControl, ResolvedRequest
 from text2image_hub.backends.catalog import FLUX_SCHNELL, SDXL_BASE, SDXL_TURBO, LocalModelSpec, local_model
 from text2image_hub.backends.local import MAX_BATCH, LocalBackend
 from text2image_hub.errors import Text2ImageError
@@ -254,8 +254,9 @@ def _peak_gb(device: torch.device) -> float | None:
 
 
 async def _timed(backend: LocalBackend, size: ImageSize, count: int, steps: int | None, seed: int) -> float:
-    request = GenerationRequest(
-        prompt="a watercolor fox in a snowy forest", size=size, seeds=tuple(range(seed, seed + count)), steps=steps
+    seeds = tuple(range(seed, seed + count))
+    request = ResolvedRequest(
+        prompt="a watercolor fox in a snowy forest", size=size, count=count, seeds=seeds, steps=steps
     )
     if backend.device.startswith("cuda"):
         torch.cuda.synchronize()

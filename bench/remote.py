@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from tests.fake_ionos import FakeIonos, ionos_account
-from text2image_hub.backends import GenerationControl, GenerationRequest
+from text2image_hub.backends import GenerationControl, ResolvedRequest
 from text2image_hub.backends.remote import RemoteBackend, remote_http_client
 from text2image_hub.errors import Text2ImageError
 from text2image_hub.imaging import ImageSize
@@ -49,9 +49,7 @@ async def run(args: argparse.Namespace) -> int:
             slots = asyncio.Semaphore(args.slots or len(counts))
 
             async def task(index: int, count: int) -> Outcome:
-                request = GenerationRequest(
-                    prompt=f"bench task {index}: a lighthouse at dawn", size=size, seeds=tuple(range(count))
-                )
+                request = ResolvedRequest(prompt=f"bench task {index}: a lighthouse at dawn", size=size, count=count)
                 async with slots:
                     try:
                         images = await backend.generate(request, GenerationControl())

@@ -13,9 +13,9 @@ from text2image_hub.backends import (
     Backend,
     GeneratedImage,
     GenerationControl,
-    GenerationRequest,
     LocalModelStatus,
     ModelInfo,
+    ResolvedRequest,
     StepRange,
 )
 from text2image_hub.errors import BackendUnavailableError, ConfigurationError, Text2ImageError
@@ -28,16 +28,20 @@ SIZES = (ImageSize(256, 256), ImageSize(512, 512), ImageSize(1024, 1024), ImageS
 def instant_model(
     backend: str = "local", model_id: str = "test/instant", sizes: tuple[ImageSize, ...] = SIZES
 ) -> ModelInfo:
+    """A local model takes steps, guidance, a negative prompt and seeds; a remote one, like IONOS's, none of them."""
+    local = backend == "local"
     return ModelInfo(
         id=model_id,
         backend=backend,
         sizes=sizes,
         default_size=ImageSize(512, 512),
-        steps=StepRange(1, 8, 4),
-        default_guidance=0.0,
-        supports_negative_prompt=backend == "local",
-        max_images_per_request=12,
+        steps=StepRange(1, 8, 4) if local else None,
+        default_guidance=0.0 if local else None,
+        supports_negative_prompt=local,
         seconds_per_image=1.0,
+        max_guidance=10.0 if local else 0.0,
+        accepts_seed=local,
+        concurrency=1 if local else 20,
     )
 
 
@@ -51,7 +55,7 @@ class InstantBackend:
     step_seconds: float = 0.0
     fail_with: Text2ImageError | Exception | None = None
     sizes: tuple[ImageSize, ...] = SIZES
-    calls: list[GenerationRequest] = field(default_factory=list)
+    calls: list[ResolvedRequest] = field(default_factory=list)
     steps_run: int = 0
 
     @property
@@ -62,7 +66,9 @@ class InstantBackend:
     def model(self) -> ModelInfo:
         return instant_model(self.backend_name, self.model_id, self.sizes)
 
-    async def generate(self, request: GenerationRequest, control: GenerationControl) -> list[GeneratedImage]:
+    async def generate(
+        self, request: ResolvedRequest, control: GenerationControl, *, wait_limit: float | None = None
+    ) -> list[GeneratedImage]:
         self.calls.append(request)
         if self.fail_with is not None:
             raise self.fail_with
@@ -72,7 +78,11 @@ class InstantBackend:
                 await asyncio.sleep(self.step_seconds)
             self.steps_run += 1
             control.report_progress((step + 1) / self.steps)
-        return [GeneratedImage(_solid(request.prompt, seed, request.size), seed) for seed in request.seeds]
+        seeds = request.seeds or (None,) * request.count
+        return [
+            GeneratedImage(_solid(request.prompt, seed or index, request.size), seed)
+            for index, seed in enumerate(seeds)
+        ]
 
     async def aclose(self) -> None:
         return None

@@ -35,7 +35,7 @@ from text2image_hub.errors import (
     RemoteBusyError,
 )
 from text2image_hub.imaging import ImageSize
-from text2image_hub.service import GenerationResult, GenerationSpec, RenderedImage
+from text2image_hub.service import GenerationResult, ImageRequest, RenderedImage
 from text2image_hub.settings import Settings, load_settings
 from text2image_hub.worker import WorkerTiming
 
@@ -199,13 +199,13 @@ def test_nextcloud_minimal_request_with_openai_model_name_uses_primary_model(api
     assert png_size(base64.b64decode(body["data"][0]["b64_json"])) == (1024, 1024)
 
 
-def test_model_by_id_is_used_and_unknown_model_is_404(api: Running) -> None:
+def test_model_by_id_is_used_and_unknown_model_is_400_model_not_found(api: Running) -> None:
     with api.client() as client:
         ok = client.post("/v1/images/generations", json={"prompt": "x", "model": "test/instant"})
         unknown = client.post("/v1/images/generations", json={"prompt": "x", "model": "stable-diffusion-9"})
     assert ok.status_code == 200
-    error = error_of(unknown, 404)
-    assert (error["code"], error["param"], error["type"]) == ("MODEL_NOT_FOUND", "model", "not_found_error")
+    error = error_of(unknown, 400)
+    assert (error["code"], error["param"], error["type"]) == ("MODEL_NOT_FOUND", "model", "invalid_request_error")
     assert "test/instant" in error["message"]
 
 
@@ -252,7 +252,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str, str | None]] = [
     ("size unparsable", {"prompt": "x", "size": "big"}, "INVALID_SIZE", "size"),
     ("size unsupported", {"prompt": "x", "size": "640x480"}, "INVALID_SIZE", "size"),
     ("n zero", {"prompt": "x", "n": 0}, "INVALID_N", "n"),
-    ("n eleven", {"prompt": "x", "n": 11}, "INVALID_N", "n"),
+    ("n thirteen", {"prompt": "x", "n": 13}, "INVALID_N", "n"),
     ("n text", {"prompt": "x", "n": "two"}, "INVALID_N", "n"),
     ("quality", {"prompt": "x", "quality": "ultra"}, "INVALID_QUALITY", "quality"),
     ("style", {"prompt": "x", "style": "baroque"}, "INVALID_STYLE", "style"),
@@ -336,12 +336,28 @@ def test_file_upload_in_form_is_400(api: Running) -> None:
     assert error_of(response, 400)["code"] == "INVALID_BODY"
 
 
-def test_negative_prompt_on_model_without_support_is_unsupported_parameter(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"negative_prompt": "blur"}, "negative_prompt"),
+        ({"steps": 4}, "steps"),
+        ({"guidance_scale": 3.5}, "guidance_scale"),
+        ({"seed": 7}, "seed"),
+        ({"seeds": [7, 8]}, "seed"),
+    ],
+)
+def test_parameter_the_remote_model_cannot_take_is_unsupported(
+    tmp_path: Path, extra: dict[str, Any], param: str
+) -> None:
     remote = InstantBackend(backend_name="remote", model_id="test/remote")
     settings = standalone_settings(tmp_path, T2I_BACKEND="remote")
     with serve(settings, StaticBackends(local_backend=None, remote_backend=remote)) as running, running.client() as c:
-        error = error_of(c.post("/v1/images/generations", json={"prompt": "x", "negative_prompt": "blur"}), 400)
-    assert (error["code"], error["param"]) == ("UNSUPPORTED_PARAMETER", "negative_prompt")
+        error = error_of(c.post("/v1/images/generations", json={"prompt": "x", **extra}), 400)
+        plain = c.post("/v1/images/generations", json={"prompt": "x", "n": 2}).json()
+    assert (error["code"], error["param"]) == ("UNSUPPORTED_PARAMETER", param)
+    assert remote.calls == [remote.calls[0]], "nothing was generated for the refused request"
+    assert "seeds" not in plain, "no seed is claimed for images made without one"
+    assert all("seed" not in image for image in plain["data"])
 
 
 def test_backend_errors_use_their_status_code_and_user_message(api: Running) -> None:
@@ -386,7 +402,7 @@ def test_models_list_in_openai_shape_with_capabilities(api: Running) -> None:
     assert capabilities["default_size"] == "512x512"
     assert capabilities["steps"] == {"minimum": 1, "maximum": 8, "default": 4}
     assert capabilities["supports_negative_prompt"] is True
-    assert capabilities["max_n"] == 10
+    assert capabilities["max_n"] == 12
     assert capabilities["backend"] == "local"
     assert capabilities["primary"] is True
 
@@ -652,7 +668,7 @@ def test_openapi_documents_v1_without_422(api: Running) -> None:
         "multipart/form-data",
         "application/x-www-form-urlencoded",
     }
-    assert {"200", "400", "401", "404", "429", "500", "503"} <= set(generation["responses"])
+    assert {"200", "400", "401", "429", "500", "503"} <= set(generation["responses"])
     for path, operations in schema["paths"].items():
         for operation in operations.values():
             assert "422" not in operation["responses"], path
@@ -716,7 +732,7 @@ def test_result_cache_evicts_least_recently_used_by_count_and_bytes() -> None:
 
 def test_cache_key_changes_with_every_image_parameter_but_not_credentials() -> None:
     config = config_from_values({}, {})
-    spec = GenerationSpec("cat", count=1, size=ImageSize(64, 64), seeds=(1,), steps=2, guidance_scale=1.0)
+    spec = ImageRequest("cat", count=1, size=ImageSize(64, 64), seeds=(1,), steps=2, guidance_scale=1.0)
     key = cache_key(spec, config)
     variants = [
         replace(spec, prompt="dog"),

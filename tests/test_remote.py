@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from tests.conftest import wait_until
 from tests.fake_ionos import FakeIonos, ionos_account
-from text2image_hub.backends import GenerationControl, GenerationRequest
+from text2image_hub.backends import GenerationControl, ResolvedRequest
 from text2image_hub.backends.remote import (
     CUSTOM,
     IONOS,
@@ -36,7 +36,6 @@ from text2image_hub.errors import (
     BackendUnavailableError,
     ConfigurationError,
     GenerationCancelledError,
-    InvalidRequestError,
     RemoteAuthError,
     RemoteBusyError,
     RemoteServiceError,
@@ -51,8 +50,8 @@ FAST_RETRY = RetryPolicy(
 SMALL = ImageSize(512, 512)
 
 
-def request_for(count: int, *, prompt: str = "a lighthouse at dawn", size: ImageSize = SMALL) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, size=size, seeds=tuple(range(100, 100 + count)))
+def request_for(count: int, *, prompt: str = "a lighthouse at dawn", size: ImageSize = SMALL) -> ResolvedRequest:
+    return ResolvedRequest(prompt=prompt, size=size, count=count)
 
 
 @pytest.fixture
@@ -112,10 +111,13 @@ async def test_generate_concurrent_tasks_all_succeed_under_rate_limits(
     assert stats.rate_limited <= 3
 
 
-async def test_generate_records_seeds_in_order_and_reports_progress(ionos: FakeIonos, http: httpx2.AsyncClient) -> None:
+async def test_generate_claims_no_seed_the_service_never_got(ionos: FakeIonos, http: httpx2.AsyncClient) -> None:
     control = GenerationControl()
-    images = await backend_for(ionos, http).generate(request_for(3), control)
-    assert [image.seed for image in images] == [100, 101, 102]
+    backend = backend_for(ionos, http)
+    images = await backend.generate(request_for(3), control)
+    assert [image.seed for image in images] == [None, None, None]
+    assert all("seed" not in body for body in ionos.bodies())
+    assert backend.model.accepts_seed is False
     assert control.progress == 1.0
 
 
@@ -150,24 +152,9 @@ async def test_generate_bad_openai_token_names_openai() -> None:
     assert "Incorrect API key provided (invalid_api_key)" in str(caught.value)
 
 
-async def test_generate_prompt_over_limit_raises_invalid_request(ionos: FakeIonos, http: httpx2.AsyncClient) -> None:
-    with pytest.raises(InvalidRequestError) as caught:
-        await backend_for(ionos, http).generate(request_for(1, prompt="x" * 257), GenerationControl())
-    assert caught.value.code == "PROMPT_TOO_LONG"
-    assert "256" in str(caught.value)
-    assert "256" in caught.value.user_message
-    assert ionos.stats().requests == 0
-
-
 async def test_generate_prompt_at_limit_is_sent_whole(ionos: FakeIonos, http: httpx2.AsyncClient) -> None:
     await backend_for(ionos, http).generate(request_for(1, prompt="y" * 256), GenerationControl())
     assert ionos.bodies()[0]["prompt"] == "y" * 256
-
-
-async def test_generate_unsupported_size_raises_invalid_request(ionos: FakeIonos, http: httpx2.AsyncClient) -> None:
-    with pytest.raises(InvalidRequestError) as caught:
-        await backend_for(ionos, http).generate(request_for(1, size=ImageSize(640, 480)), GenerationControl())
-    assert caught.value.code == "INVALID_SIZE"
 
 
 async def test_generate_downloads_images_answered_as_url(http: httpx2.AsyncClient) -> None:
@@ -322,8 +309,12 @@ async def test_generate_sends_seed_when_preset_accepts_it() -> None:
 
     seeded = dataclasses.replace(CUSTOM, accepts_seed=True, response_format="b64_json")
     account = RemoteAccount.from_preset(seeded, TOKEN, base_url="http://remote.test/v1", model="m")
-    await mock_backend(handler, account).generate(request_for(2), GenerationControl())
+    backend = mock_backend(handler, account)
+    assert backend.model.accepts_seed is True
+    request = dataclasses.replace(request_for(2), seeds=(100, 101))
+    images = await backend.generate(request, GenerationControl())
     assert [body["seed"] for body in bodies] == [100, 101]
+    assert [image.seed for image in images] == [100, 101]
     assert all(body["response_format"] == "b64_json" for body in bodies)
 
 

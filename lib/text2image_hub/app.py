@@ -88,8 +88,7 @@ HubDep = Annotated[Hub, Depends(get_hub)]
 
 def require_appapi(request: Request, hub: HubDep) -> str:
     """Dependency for the routes only AppAPI may call: 401 unless the AppAPI headers are valid."""
-    secret = hub.settings.app_secret.get_secret_value() if hub.settings.app_secret else ""
-    user = appapi_user(request.headers, hub.settings.app_id, secret)
+    user = appapi_user(request.headers, hub.settings.app_id, hub.settings.app_secret_value)
     if user is None:
         raise HTTPException(status_code=401, detail="AppAPI authentication failed")
     return user

@@ -15,6 +15,7 @@ Every error we raise on purpose derives from ``Text2ImageError`` and knows how i
     │   └── RemoteBusyError             the remote image service is still busy after our retries
     ├── ConfigurationError         500  an admin setting is missing or invalid (the message names the field)
     ├── BackendUnavailableError    503  the backend is loading, missing or unreachable
+    │   └── BackendBusyError            the GPU stayed busy longer than the fallback waits
     ├── GenerationError            500  the backend failed to make the image
     │   ├── GpuOutOfMemoryError         the GPU ran out of memory for this size / count
     │   └── RemoteServiceError     502  the remote service answered with an error
@@ -115,6 +116,12 @@ class BackendUnavailableError(Text2ImageError):
     error_type = "service_unavailable"
     code = "BACKEND_UNAVAILABLE"
     default_user_message = "The image generator is starting or unavailable right now; try again in a few minutes."
+
+
+class BackendBusyError(BackendUnavailableError):
+    """The local GPU did not become free within the fallback's wait limit."""
+
+    code = "BACKEND_BUSY"
 
 
 class GenerationError(Text2ImageError):

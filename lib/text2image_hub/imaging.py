@@ -49,7 +49,7 @@ class Provenance:
 
     model: str
     backend: str
-    seed: int
+    seed: int | None  # None: the model takes no seed, so none is claimed
     size: ImageSize
     app_version: str
     prompt: str | None = None
@@ -61,9 +61,10 @@ class Provenance:
             "Software": f"text2image_hub {self.app_version}",
             "Model": self.model,
             "Backend": self.backend,
-            "Seed": str(self.seed),
             "Size": str(self.size),
         }
+        if self.seed is not None:
+            chunks["Seed"] = str(self.seed)
         if self.prompt is not None:
             chunks["Prompt"] = self.prompt
         return chunks

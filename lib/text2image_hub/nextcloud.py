@@ -56,12 +56,11 @@ class NextcloudGateway:
     """Claim, progress, upload, report, configuration and logging, with failures made visible."""
 
     def __init__(self, settings: Settings) -> None:
-        secret = settings.app_secret.get_secret_value() if settings.app_secret else ""
         self._nc = AsyncNextcloudApp(  # type: ignore[no-untyped-call]  # nc_py_api takes **kwargs
             nextcloud_url=settings.nextcloud_url,
             app_id=settings.app_id,
             app_version=settings.app_version,
-            app_secret=secret,
+            app_secret=settings.app_secret_value,
             npa_timeout=settings.nextcloud_timeout,
         )
 

@@ -17,16 +17,22 @@ from nc_py_api.ex_app.providers.task_processing import (
     TaskProcessingProvider,
 )
 
-from .backends import ModelInfo
+from .backends import MAX_IMAGES, ModelInfo
 from .errors import InvalidRequestError
 from .imaging import ImageSize
 
 PROVIDER_ID = "text2image_hub"
 TASK_TYPE = "core:text2image"
-MAX_IMAGES_PER_TASK = 12
 RANDOM_SEED = -1
 UNCONFIGURED = "not configured"
 _BACKEND_LABELS = {"local": "on this server", "remote": "remote service"}
+
+
+_SEED_INPUT = ShapeDescriptor(
+    name="seed",
+    description="Seed: the same seed and prompt give the same image; -1 picks a random one",
+    shape_type=ShapeType.NUMBER,
+)
 
 
 def _size_label(size: ImageSize) -> str:
@@ -50,7 +56,7 @@ def unconfigured_model() -> ModelInfo:
         steps=None,
         default_guidance=None,
         supports_negative_prompt=False,
-        max_images_per_request=MAX_IMAGES_PER_TASK,
+        max_images_per_request=MAX_IMAGES,
         seconds_per_image=10.0,
     )
 
@@ -72,16 +78,15 @@ def provider_declaration(
         expected_runtime=max(1, math.ceil(model.seconds_per_image + 2)),
         optional_input_shape=[
             ShapeDescriptor(name="size", description="Image size (width × height)", shape_type=ShapeType.ENUM),
-            ShapeDescriptor(
-                name="seed",
-                description="Seed: the same seed and prompt give the same image; -1 picks a random one",
-                shape_type=ShapeType.NUMBER,
-            ),
+            *([_SEED_INPUT] if model.accepts_seed else []),  # a remote service that takes no seed gets none
         ],
         optional_input_shape_enum_values={
             "size": [ShapeEnumValue(name=_size_label(size), value=str(size)) for size in model.sizes],
         },
-        optional_input_shape_defaults={"size": str(default_size), "seed": RANDOM_SEED},
+        optional_input_shape_defaults={
+            "size": str(default_size),
+            **({"seed": RANDOM_SEED} if model.accepts_seed else {}),
+        },
         input_shape_defaults={"numberOfImages": 1},
     )
 
@@ -105,9 +110,9 @@ class TaskInput:
 
 def _count(value: object) -> int:
     number = _integer(value)
-    if number is None or not 1 <= number <= MAX_IMAGES_PER_TASK:
+    if number is None or not 1 <= number <= MAX_IMAGES:
         raise InvalidRequestError(
-            f"The number of images must be between 1 and {MAX_IMAGES_PER_TASK}.",
+            f"The number of images must be between 1 and {MAX_IMAGES}.",
             code="INVALID_N",
             param="numberOfImages",
         )

@@ -1,8 +1,9 @@
 """ImageService: the one generation path for Nextcloud tasks and the /v1 API.
 
-It resolves a ``GenerationSpec`` against the active model (size, steps, prompt length, seeds), chooses the backend
-from the admin's config (local, remote, or local falling back to remote), lets one local job use the GPU at a time,
-and encodes the results as PNGs with provenance metadata.
+It finds the model a request names (one lookup), checks the request against what that model accepts (``resolve``,
+the only place that does), runs it on the backend the admin's config chooses (local, remote, or local falling back
+to remote), and encodes the results as PNGs with provenance metadata. Every generation is counted in the metrics
+here, whoever asked for it.
 """
 
 from __future__ import annotations
@@ -12,32 +13,37 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Literal
 
 from .admin import RuntimeConfig
-from .backends import Backend, GenerationControl, GenerationRequest, LocalModelStatus, ModelInfo
+from .backends import MAX_IMAGES, Backend, BackendSet, GenerationControl, ModelInfo, ProgressCallback, ResolvedRequest
 from .errors import (
+    BackendBusyError,
     BackendUnavailableError,
     ConfigurationError,
     GenerationError,
     InvalidRequestError,
-    NotFoundError,
     Text2ImageError,
 )
 from .imaging import ImageSize, Provenance, encode_png, sizes_text
 from .metrics import Metrics
 
+__all__ = ["BackendSet", "GenerationResult", "ImageRequest", "ImageService", "ProgressCallback", "RenderedImage"]
+
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int], Awaitable[None]]
 MAX_SEED = 2**32
+OPENAI_MODEL_PREFIXES = ("dall-e-", "gpt-image", "chatgpt-image")
+"""OpenAI's model names: clients written for OpenAI (Nextcloud's own among them) send them; they mean our primary."""
+Source = Literal["task", "api"]
+MAX_TASK_SLOTS = 32
 
 
 @dataclass(frozen=True)
-class GenerationSpec:
-    """What a caller asks for, before it is resolved against a model."""
+class ImageRequest:
+    """What a caller asks for, before it is checked against a model (``ImageService.resolve`` makes a
+    ``ResolvedRequest`` of it). ``model`` None: the primary model."""
 
     prompt: str
     count: int = 1
@@ -48,13 +54,13 @@ class GenerationSpec:
     negative_prompt: str | None = None
     model: str | None = None
     watermark: bool = True
-    source: str = "task"
+    source: Source = "task"
 
 
 @dataclass(frozen=True)
 class RenderedImage:
     png: bytes
-    seed: int
+    seed: int | None
 
 
 @dataclass(frozen=True)
@@ -66,41 +72,10 @@ class GenerationResult:
     seconds: float
 
     @property
-    def seeds(self) -> tuple[int, ...]:
-        return tuple(image.seed for image in self.images)
-
-
-class BackendSet(Protocol):
-    """Where the service gets its backends: the configured local model and the remote one for the current config."""
-
-    def local_model(self, config: RuntimeConfig) -> ModelInfo:
-        """The configured local model, loaded or not; ``ConfigurationError`` when the config or folder is wrong."""
-        ...
-
-    async def local(self, config: RuntimeConfig) -> Backend:
-        """The loaded local backend; ``BackendUnavailableError`` (downloading, failed) or ``ConfigurationError``."""
-        ...
-
-    def local_status(self, config: RuntimeConfig) -> LocalModelStatus:
-        """Where the configured local model stands (downloading, loading, ready, failed, …)."""
-        ...
-
-    def remote(self, config: RuntimeConfig) -> Backend:
-        """The remote backend for the configured account (shared limits); raises ``ConfigurationError``."""
-        ...
-
-    async def prepare(self, config: RuntimeConfig, progress: ProgressCallback | None = None) -> None:
-        """Start what the configured local model needs; with ``progress`` (``/init``) wait for its download.
-
-        Never raises for a failed download or load: those are kept and reported by ``local_status``.
-        """
-        ...
-
-    async def ready(self, config: RuntimeConfig) -> bool:
-        """Whether the configured backend can take work now (the local model loaded, the remote service answering)."""
-        ...
-
-    async def aclose(self) -> None: ...
+    def seeds(self) -> tuple[int, ...] | None:
+        """The images' seeds; None when the model takes none (no seed was used, none is claimed)."""
+        seeds = tuple(image.seed for image in self.images if image.seed is not None)
+        return seeds if len(seeds) == len(self.images) else None
 
 
 class ImageService:
@@ -108,7 +83,6 @@ class ImageService:
         self._backends = backends
         self._app_version = app_version
         self._metrics = metrics or Metrics()
-        self._gpu = asyncio.Lock()
 
     @property
     def backends(self) -> BackendSet:
@@ -136,18 +110,25 @@ class ImageService:
         return self._backends.local_model(config)
 
     def task_slots(self, config: RuntimeConfig) -> int:
-        """How many tasks may run at once: one for a GPU, several for a rate-limited remote service."""
-        return 1 if config.backend == "local" else 4
+        """How many tasks may be generating at once: one for a GPU; for a remote service, enough to use its whole
+        burst (a task makes at least one image), so that its rate limit, not our slots, sets the pace."""
+        if config.backend == "local":
+            return 1
+        try:
+            remote = self._backends.remote(config).model
+        except ConfigurationError:
+            return 1
+        return max(4, min(MAX_TASK_SLOTS, remote.concurrency))
 
     async def generate(
-        self, spec: GenerationSpec, config: RuntimeConfig, control: GenerationControl | None = None
+        self, asked: ImageRequest, config: RuntimeConfig, control: GenerationControl | None = None
     ) -> GenerationResult:
-        """Make the images ``spec`` asks for with ``config``'s backend; counted in the metrics by ``spec.source``."""
-        self._metrics.generation_started(spec.source)
+        """Make the images ``asked`` for with ``config``'s backend; counted in the metrics by ``asked.source``."""
+        self._metrics.generation_started(asked.source)
         failure = "INTERNAL_ERROR"
         result: GenerationResult | None = None
         try:
-            result = await self._generate(spec, config, control or GenerationControl())
+            result = await self._generate(asked, config, control or GenerationControl())
         except Text2ImageError as exc:
             failure = exc.code
             raise
@@ -156,24 +137,24 @@ class ImageService:
             raise
         finally:
             if result is None:
-                self._metrics.generation_failed(spec.source, failure)
+                self._metrics.generation_failed(asked.source, failure)
             else:
-                self._metrics.generation_finished(spec.source, result.backend, len(result.images), result.seconds)
+                self._metrics.generation_finished(asked.source, result.backend, len(result.images), result.seconds)
         return result
 
     async def _generate(
-        self, spec: GenerationSpec, config: RuntimeConfig, control: GenerationControl
+        self, asked: ImageRequest, config: RuntimeConfig, control: GenerationControl
     ) -> GenerationResult:
         started = time.perf_counter()
-        if spec.model is not None:
-            backend, use_gpu_lock = await self._backend_for_model(spec.model, config)
-            result = await self._run(backend, spec, config, control, gpu=use_gpu_lock)
+        named = await self._named_backend(asked.model, config)
+        if named is not None:
+            result = await self._run(named, asked, config, control)
         elif config.backend == "remote":
-            result = await self._run(self._backends.remote(config), spec, config, control, gpu=False)
+            result = await self._run(self._backends.remote(config), asked, config, control)
         elif config.backend == "local":
-            result = await self._run(await self._backends.local(config), spec, config, control, gpu=True)
+            result = await self._run(await self._backends.local(config), asked, config, control)
         else:
-            result = await self._local_then_remote(spec, config, control)
+            result = await self._local_then_remote(asked, config, control)
         seconds = time.perf_counter() - started
         logger.debug(
             "generated %d image(s) %s on %s/%s in %.2f s (%s)",
@@ -182,59 +163,61 @@ class ImageService:
             result.backend,
             result.model,
             seconds,
-            spec.source,
+            asked.source,
         )
         return replace(result, seconds=seconds)
 
-    async def _backend_for_model(self, model_id: str, config: RuntimeConfig) -> tuple[Backend, bool]:
+    async def _named_backend(self, name: str | None, config: RuntimeConfig) -> Backend | None:
+        """The backend of the model ``name``; None for the primary (no name, or one of OpenAI's).
+
+        An unknown name is a 400 ``MODEL_NOT_FOUND`` (not a 404: OpenAI clients read a 404 as "no image API").
+        """
+        if name is None or not name.strip():
+            return None
+        name = name.strip()
+        available = []
         if config.backend != "remote":
             with contextlib.suppress(ConfigurationError):
-                if self._backends.local_model(config).id == model_id:
-                    return await self._backends.local(config), True
+                available.append(self._backends.local_model(config).id)
+                if available[0] == name:
+                    return await self._backends.local(config)
         if _remote_in_play(config):
-            remote = self._backends.remote(config)
-            if remote.model.id == model_id:
-                return remote, False
-        raise NotFoundError(
-            f"The model '{model_id[:100]}' does not exist or is not enabled.", code="MODEL_NOT_FOUND", param="model"
-        )
+            with contextlib.suppress(ConfigurationError):
+                remote = self._backends.remote(config)
+                if remote.model.id == name:
+                    return remote
+                available.append(remote.model.id)
+        if name.lower().startswith(OPENAI_MODEL_PREFIXES):
+            return None
+        raise _unknown_model(name, available)
 
     async def _local_then_remote(
-        self, spec: GenerationSpec, config: RuntimeConfig, control: GenerationControl
+        self, asked: ImageRequest, config: RuntimeConfig, control: GenerationControl
     ) -> GenerationResult:
         try:
             local = await self._backends.local(config)
-        except (BackendUnavailableError, ConfigurationError) as exc:
-            logger.warning("local model unavailable (%s): the task runs on the remote backend", exc)
-            return await self._run(self._backends.remote(config), spec, config, control, gpu=False)
-        try:
-            await asyncio.wait_for(self._gpu.acquire(), timeout=config.local_wait_limit)
-        except TimeoutError:
-            logger.warning(
-                "local GPU busy for more than %.0f s: the task runs on the remote backend", config.local_wait_limit
-            )
-            return await self._run(self._backends.remote(config), spec, config, control, gpu=False)
-        try:
-            return await self._run(local, spec, config, control, gpu=False)
-        except (GenerationError, BackendUnavailableError) as exc:
-            logger.warning("local backend failed (%s): the task runs on the remote backend", exc)
-        finally:
-            self._gpu.release()
-        return await self._run(self._backends.remote(config), spec, config, control, gpu=False)
+            return await self._run(local, asked, config, control, wait_limit=config.local_wait_limit)
+        except BackendBusyError:
+            logger.info("the GPU stayed busy for %.0f s: the task runs on the remote backend", config.local_wait_limit)
+        except (GenerationError, BackendUnavailableError, ConfigurationError) as exc:
+            logger.warning("local backend unavailable or failing (%s): the task runs on the remote backend", exc)
+        return await self._run(self._backends.remote(config), asked, config, control)
 
     async def _run(
-        self, backend: Backend, spec: GenerationSpec, config: RuntimeConfig, control: GenerationControl, *, gpu: bool
+        self,
+        backend: Backend,
+        asked: ImageRequest,
+        config: RuntimeConfig,
+        control: GenerationControl,
+        *,
+        wait_limit: float | None = None,
     ) -> GenerationResult:
-        request = self.resolve(spec, config, backend.model)
+        request = self.resolve(asked, config, backend.model)
         control.raise_if_cancelled()
-        if gpu:
-            async with self._gpu:
-                images = await backend.generate(request, control)
-        else:
-            images = await backend.generate(request, control)
+        images = await backend.generate(request, control, wait_limit=wait_limit)
         control.raise_if_cancelled()
         prompt = request.prompt if config.include_prompt_in_metadata else None
-        watermark = spec.watermark and config.watermark
+        watermark = asked.watermark and config.watermark
 
         def encode_all() -> tuple[RenderedImage, ...]:
             return tuple(
@@ -254,49 +237,102 @@ class ImageService:
         rendered = await asyncio.to_thread(encode_all)
         return GenerationResult(rendered, backend.model.id, backend.name, request.size, 0.0)
 
-    def resolve(self, spec: GenerationSpec, config: RuntimeConfig, model: ModelInfo) -> GenerationRequest:
-        """Check ``spec`` against ``model`` and fill in defaults; bad input is an ``InvalidRequestError``."""
-        size = spec.size or (config.default_size if config.default_size in model.sizes else None) or model.default_size
+    def resolve(self, asked: ImageRequest, config: RuntimeConfig, model: ModelInfo) -> ResolvedRequest:
+        """Check ``asked`` against everything ``model`` accepts and fill in defaults: the only check there is.
+
+        Bad input is an ``InvalidRequestError`` naming the limit. A parameter the model cannot take is refused with
+        ``UNSUPPORTED_PARAMETER`` rather than dropped; only a task's seed is dropped for a model that takes none
+        (the provider then does not declare the seed input: a task can carry one only from before a switch).
+        """
+        size = self._size(asked, config, model)
+        prompt = self._prompt(asked.prompt, config, model)
+        if not 1 <= asked.count <= min(MAX_IMAGES, model.max_images_per_request):
+            raise InvalidRequestError(
+                f"{model.id} makes 1 to {min(MAX_IMAGES, model.max_images_per_request)} images per request.",
+                code="INVALID_N",
+                param="n",
+            )
+        _refuse_unsupported(asked, model)
+        if asked.seeds is not None and len(asked.seeds) != asked.count:
+            raise InvalidRequestError("Give one seed per image.", code="INVALID_SEEDS", param="seeds")
+        seeds = None
+        if model.accepts_seed:
+            seeds = asked.seeds or tuple(secrets.randbelow(MAX_SEED) for _ in range(asked.count))
+        return ResolvedRequest(
+            prompt=prompt,
+            size=size,
+            count=asked.count,
+            seeds=seeds,
+            steps=self._steps(asked, config, model),
+            guidance_scale=asked.guidance_scale,
+            negative_prompt=asked.negative_prompt or None,
+        )
+
+    def _size(self, asked: ImageRequest, config: RuntimeConfig, model: ModelInfo) -> ImageSize:
+        size = asked.size or (config.default_size if config.default_size in model.sizes else None) or model.default_size
         if size not in model.sizes:
             raise InvalidRequestError(
                 f"The size {size} is not supported by {model.id}. Supported sizes: {sizes_text(model.sizes)}.",
                 code="INVALID_SIZE",
                 param="size",
             )
-        prompt = spec.prompt
-        if model.max_prompt_length is not None and len(prompt) > model.max_prompt_length:
-            if config.prompt_length_policy == "reject":
-                raise InvalidRequestError(
-                    f"The prompt is {len(prompt)} characters long; {model.id} accepts at most "
-                    f"{model.max_prompt_length}. Please shorten it.",
-                    code="PROMPT_TOO_LONG",
-                    param="prompt",
-                )
-            prompt = prompt[: model.max_prompt_length]
-        steps = spec.steps if spec.steps is not None else (config.default_steps or None)
-        if steps is not None and model.steps is not None and not model.steps.minimum <= steps <= model.steps.maximum:
-            if spec.steps is not None:
-                raise InvalidRequestError(
-                    f"{model.id} takes {model.steps.minimum} to {model.steps.maximum} steps.",
-                    code="INVALID_STEPS",
-                    param="steps",
-                )
-            steps = None  # the admin default does not fit this model: use the model's own
-        if spec.negative_prompt and not model.supports_negative_prompt:
+        return size
+
+    def _prompt(self, prompt: str, config: RuntimeConfig, model: ModelInfo) -> str:
+        limit = model.max_prompt_length
+        if limit is None or len(prompt) <= limit:
+            return prompt
+        if config.prompt_length_policy == "reject":
             raise InvalidRequestError(
-                f"{model.id} does not support a negative prompt.", code="UNSUPPORTED_PARAMETER", param="negative_prompt"
+                f"The prompt is {len(prompt)} characters long; {model.id} accepts at most {limit}. Please shorten it.",
+                code="PROMPT_TOO_LONG",
+                param="prompt",
             )
-        if spec.seeds is not None and len(spec.seeds) != spec.count:
-            raise InvalidRequestError("Give one seed per image.", code="INVALID_SEEDS", param="seeds")
-        seeds = spec.seeds if spec.seeds is not None else tuple(secrets.randbelow(MAX_SEED) for _ in range(spec.count))
-        return GenerationRequest(
-            prompt=prompt,
-            size=size,
-            seeds=seeds,
-            steps=steps,
-            guidance_scale=spec.guidance_scale,
-            negative_prompt=spec.negative_prompt or None,
+        return prompt[:limit]
+
+    def _steps(self, asked: ImageRequest, config: RuntimeConfig, model: ModelInfo) -> int | None:
+        if model.steps is None:
+            return None  # checked by _refuse_unsupported; the admin's default steps are for local models
+        steps = asked.steps if asked.steps is not None else (config.default_steps or None)
+        if steps is None or model.steps.minimum <= steps <= model.steps.maximum:
+            return steps
+        if asked.steps is not None:
+            raise InvalidRequestError(
+                f"{model.id} takes {model.steps.minimum} to {model.steps.maximum} steps.",
+                code="INVALID_STEPS",
+                param="steps",
+            )
+        return None  # the admin default does not fit this model: use the model's own
+
+
+def _refuse_unsupported(asked: ImageRequest, model: ModelInfo) -> None:
+    """Parameters ``model`` cannot take, refused by name (tasks never send them: see ``resolve``)."""
+    if asked.steps is not None and model.steps is None:
+        raise _unsupported(f"{model.id} takes no 'steps' (the service decides them).", "steps")
+    if asked.guidance_scale is not None and not 0.0 <= asked.guidance_scale <= model.max_guidance:
+        if model.max_guidance == 0.0:
+            raise _unsupported(f"{model.id} takes no guidance scale.", "guidance_scale")
+        raise InvalidRequestError(
+            f"{model.id} takes a guidance scale from 0 to {model.max_guidance:g}.",
+            code="INVALID_GUIDANCE",
+            param="guidance_scale",
         )
+    if asked.negative_prompt and not model.supports_negative_prompt:
+        raise _unsupported(f"{model.id} does not support a negative prompt.", "negative_prompt")
+    if asked.seeds is not None and not model.accepts_seed and asked.source == "api":
+        raise _unsupported(f"{model.id} takes no seed: its images cannot be made again from one.", "seed")
+
+
+def _unsupported(message: str, param: str) -> InvalidRequestError:
+    return InvalidRequestError(message, code="UNSUPPORTED_PARAMETER", param=param)
+
+
+def _unknown_model(name: str, available: list[str]) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"The model '{name[:100]}' does not exist or is not enabled. Available: {', '.join(available) or 'none'}.",
+        code="MODEL_NOT_FOUND",
+        param="model",
+    )
 
 
 def _remote_in_play(config: RuntimeConfig) -> bool:

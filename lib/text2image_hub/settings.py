@@ -53,6 +53,16 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @property
+    def app_secret_value(self) -> str:
+        """The app secret in clear ("" when unset): for signing and checking AppAPI requests only, never for logs."""
+        return self.app_secret.get_secret_value() if self.app_secret is not None else ""
+
+    @property
+    def proxy_path(self) -> str:
+        """Where Nextcloud serves this app's routes (AppAPI's proxy), below ``NEXTCLOUD_URL``."""
+        return f"/index.php/apps/app_api/proxy/{self.app_id}"
+
+    @property
     def standalone(self) -> bool:
         """No Nextcloud: settings from the environment, no task worker, /v1 protected by API keys only."""
         return self.nextcloud_url is None

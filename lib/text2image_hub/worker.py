@@ -43,7 +43,7 @@ from .metrics import Metrics
 from .nextcloud import STATUS_CANCELLED, STATUS_GONE, ClaimedTask
 from .provider import PROVIDER_ID, TaskInput, provider_declaration, unconfigured_model
 from .registration import Registration
-from .service import GenerationResult, GenerationSpec, ImageService
+from .service import GenerationResult, ImageRequest, ImageService
 from .status import SetupStatus, setup_status
 
 logger = logging.getLogger(__name__)
@@ -346,7 +346,7 @@ class TaskWorker:
         config = await self._config.load()  # read after the claim: a value saved a moment ago applies
         request = TaskInput.parse(entry.input)
         seeds = None if request.seed is None else tuple(request.seed + i for i in range(request.count))
-        spec = GenerationSpec(
+        spec = ImageRequest(
             prompt=request.prompt,
             count=request.count,
             size=request.size,

@@ -18,12 +18,17 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
 
 from ..errors import NotFoundError
+from ..settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
+_HOST = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}$")
 _SUFFIX = ".png"
 
 
@@ -115,3 +120,32 @@ def _not_found() -> NotFoundError:
         code="IMAGE_NOT_FOUND",
         param="image_id",
     )
+
+
+def public_base_url(headers: Headers, scheme: str, root_path: str, settings: Settings, *, via_nextcloud: bool) -> str:
+    """Where a client reaches this app's /v1, for absolute image URLs.
+
+    Through Nextcloud's AppAPI proxy the ``Host`` we receive is our own address, not the one the client used, so
+    the URL is built from ``NEXTCLOUD_URL`` plus ``/index.php/apps/app_api/proxy/<appid>``; an ``X-Forwarded-Host``
+    / ``X-Forwarded-Proto`` that a reverse proxy in front of Nextcloud added (AppAPI passes them on) wins over
+    NEXTCLOUD_URL's host and scheme. Called directly, the request's own ``Host`` (or ``X-Forwarded-Host``) and
+    scheme (or ``X-Forwarded-Proto``) are used.
+    """
+    forwarded_proto = _first(headers.get("x-forwarded-proto"))
+    proto = forwarded_proto if forwarded_proto in ("http", "https") else None
+    forwarded_host = _first(headers.get("x-forwarded-host"))
+    host = forwarded_host if forwarded_host and _HOST.match(forwarded_host) else None
+    if via_nextcloud:
+        nextcloud = urlsplit(settings.nextcloud_url or "")
+        base = f"{proto or nextcloud.scheme or 'http'}://{host or nextcloud.netloc}{nextcloud.path.rstrip('/')}"
+        return f"{base}{settings.proxy_path}"
+    own_host = headers.get("host", "")
+    if host is None:
+        host = own_host if _HOST.match(own_host) else f"{settings.app_host}:{settings.app_port}"
+    return f"{proto or scheme}://{host}{root_path.rstrip('/')}"
+
+
+def _first(value: str | None) -> str | None:
+    if not value:
+        return None
+    return value.split(",")[0].strip().lower() or None

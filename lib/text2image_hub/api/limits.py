@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ..admin import RuntimeConfig
 from ..errors import RateLimitError
-from ..service import GenerationResult, GenerationSpec
+from ..service import GenerationResult, ImageRequest
 
 # admin settings that cannot change a generated image (credentials, limits, waiting time)
 _CONFIG_NOT_IN_KEY = frozenset(
@@ -75,7 +75,7 @@ class CallerLimiter:
         return len(self._buckets)
 
 
-def cache_key(spec: GenerationSpec, config: RuntimeConfig) -> str:
+def cache_key(spec: ImageRequest, config: RuntimeConfig) -> str:
     """A digest of every input that changes the images: the spec and the admin settings that shape them."""
     parts = {
         "prompt": spec.prompt,

@@ -12,13 +12,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
+from ..backends import MAX_IMAGES
 from ..errors import InvalidRequestError
 from ..imaging import ImageSize
 from ..service import MAX_SEED
 
-MAX_IMAGES = 10
 MAX_PROMPT_CHARS = 32_000
 _SEEDS_TEXT = r"^ *\[? *[0-9]{1,10}( *, *[0-9]{1,10})* *\]? *$"
+_SIZE_TEXT = r"^ *(auto|[0-9]{2,5} *[xX×] *[0-9]{2,5}) *$"
 
 # the request field → the error code of a bad value (the name clients see in "param")
 _FIELD_CODES: dict[str, str] = {
@@ -54,7 +55,7 @@ _UNSUPPORTED_MESSAGES: dict[str, str] = {
 }
 
 
-class ImageGenerationRequest(BaseModel):
+class GenerationBody(BaseModel):
     """``POST /v1/images/generations``: OpenAI's request plus ``seed``, ``seeds``, ``negative_prompt``, ``steps``,
     ``guidance_scale`` and ``useCache``. Unknown fields are ignored."""
 
@@ -92,14 +93,25 @@ class ImageGenerationRequest(BaseModel):
         ),
     )
     n: int | None = Field(
-        default=None, ge=1, le=MAX_IMAGES, description="How many images, 1–10. Default 1, or the number of seeds given."
-    )
-    size: str | None = Field(
         default=None,
-        max_length=32,
-        pattern=r"^ *(auto|[0-9]{2,5} *[xX×] *[0-9]{2,5}) *$",
+        ge=1,
+        le=MAX_IMAGES,
+        description=f"How many images, 1–{MAX_IMAGES}. Default 1, or the number of seeds given.",
+    )
+    size: Annotated[
+        ImageSize | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "maxLength": 32, "pattern": _SIZE_TEXT, "examples": ["512x512", "1024x1024"]},
+                    {"type": "null"},
+                ],
+                "title": "Size",
+            }
+        ),
+    ] = Field(
+        default=None,
         description="WIDTHxHEIGHT, one of the model's sizes (see capabilities.sizes). Omitted or 'auto': the default.",
-        examples=["512x512", "1024x1024"],
     )
     response_format: Literal["b64_json", "url"] = Field(
         default="b64_json",
@@ -165,6 +177,19 @@ class ImageGenerationRequest(BaseModel):
     )
     partial_images: int | None = Field(default=None, ge=0, le=0, description="Only 0 is supported.")
 
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        """Parsed once, here: ``auto`` and blank are None (the default size); bad text is ``INVALID_SIZE``."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if len(text) > 32:
+            raise ValueError("is too long")
+        if not text or text.lower() == "auto":
+            return None
+        return ImageSize.parse(text)
+
     @field_validator("seeds", mode="before")
     @classmethod
     def _seed_list(cls, value: object) -> object:
@@ -186,7 +211,7 @@ class ImageGenerationRequest(BaseModel):
         return value
 
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> ImageGenerationRequest:
+    def parse(cls, data: dict[str, Any]) -> GenerationBody:
         """Validate a decoded body; every problem is an ``InvalidRequestError`` naming its field."""
         prompt = data.get("prompt")
         if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
@@ -204,8 +229,6 @@ class ImageGenerationRequest(BaseModel):
 
     def check(self) -> None:
         """Cross-field rules the field types cannot say."""
-        if self.size is not None and self.size.strip().lower() != "auto":
-            ImageSize.parse(self.size)  # raises INVALID_SIZE
         if self.seed is not None and self.seeds is not None:
             raise InvalidRequestError("Give either 'seed' or 'seeds', not both.", code="INVALID_SEEDS", param="seeds")
         if self.seeds is not None and self.n is not None and len(self.seeds) != self.n:
@@ -222,12 +245,6 @@ class ImageGenerationRequest(BaseModel):
         if self.n is not None:
             return self.n
         return len(self.seeds) if self.seeds is not None else 1
-
-    @property
-    def image_size(self) -> ImageSize | None:
-        if self.size is None or self.size.strip().lower() == "auto":
-            return None
-        return ImageSize.parse(self.size)
 
     @property
     def seed_tuple(self) -> tuple[int, ...] | None:
@@ -264,7 +281,11 @@ class ImageData(BaseModel):
         description="Absolute URL of the PNG (response_format url); no authentication needed, expires after the "
         "image TTL (default one hour).",
     )
-    seed: int = Field(..., description="The seed of this image: send it back in 'seeds' to make it again.")
+    seed: int | None = Field(
+        default=None,
+        description="The seed of this image: send it back in 'seeds' to make it again. Absent when the model takes "
+        "no seed.",
+    )
 
 
 class ImagesResponse(BaseModel):
@@ -274,7 +295,9 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     model: str = Field(..., description="The model that made the images (also in the X-Model header).")
     backend: str = Field(..., description="local or remote (also X-Backend).")
-    seeds: list[int] = Field(..., description="The seeds, in image order (also X-Seeds).")
+    seeds: list[int] | None = Field(
+        default=None, description="The seeds, in image order (also X-Seeds); absent when the model takes no seed."
+    )
     size: str = Field(..., description="WIDTHxHEIGHT of the images.")
     generation_seconds: float = Field(
         ..., description="Seconds the generation took (also X-Generation-Seconds); for a cached answer, the original's."
@@ -297,7 +320,9 @@ class ModelCapabilities(BaseModel):
     default_size: str
     steps: StepsRange | None = Field(default=None, description="null: the model takes no 'steps'.")
     default_guidance: float | None
+    max_guidance: float = Field(0.0, description="The largest guidance_scale; 0: the model takes none.")
     supports_negative_prompt: bool
+    accepts_seed: bool = Field(True, description="Whether seed / seeds reach the model.")
     max_n: int = Field(..., description="The most images one request may ask for.")
     max_prompt_length: int | None = Field(default=None, description="In characters; null: no limit besides 32000.")
     seconds_per_image: float = Field(..., description="Rough time per image at the default size.")

@@ -1,6 +1,7 @@
 """The seam between the ImageService and the engines that make images.
 
-A backend takes a fully resolved ``GenerationRequest`` (size checked, one seed per image) and returns PIL images.
+``ModelInfo`` says everything a model accepts; ``ImageService.resolve`` checks a request against it once, and a
+backend takes the ``ResolvedRequest`` as it is (no checks of its own) and returns PIL images.
 It reports progress and learns of cancellation through a ``GenerationControl`` that is safe to use from the
 backend's own thread: the worker polls ``control.progress`` and calls ``control.cancel()``; the backend writes
 progress and calls ``control.raise_if_cancelled()`` between steps.
@@ -9,6 +10,7 @@ progress and calls ``control.raise_if_cancelled()`` between steps.
 from __future__ import annotations
 
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -17,7 +19,10 @@ from ..errors import GenerationCancelledError
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from ..admin import RuntimeConfig
     from ..imaging import ImageSize
+
+ProgressCallback = Callable[[int], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -27,20 +32,31 @@ class StepRange:
     default: int
 
 
+MAX_IMAGES = 12
+"""The most images one task or /v1 request asks for (Nextcloud's own bound for text2image tasks)."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a client or the provider declaration needs to know about one usable model."""
+    """What a model accepts and costs: everything ``resolve``, clients and the provider declaration need."""
 
     id: str
     backend: str
     sizes: tuple[ImageSize, ...]
     default_size: ImageSize
     steps: StepRange | None
+    """None: the model takes no ``steps`` (a remote service)."""
     default_guidance: float | None
     supports_negative_prompt: bool
-    max_images_per_request: int
     seconds_per_image: float
+    max_guidance: float = 0.0
+    """Guidance scales from 0 to this are accepted; 0: the model takes none (guidance-distilled, or remote)."""
+    accepts_seed: bool = True
+    """Whether a seed reaches the model (remote services mostly take none: then no seed is claimed either)."""
+    max_images_per_request: int = MAX_IMAGES
     max_prompt_length: int | None = None
+    concurrency: int = 1
+    """Images it works on at once: 1 for a GPU; a remote service's burst (what its rate limit lets through)."""
     license: str = ""
 
 
@@ -66,25 +82,23 @@ class LocalModelStatus:
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    """One fully validated generation: ``len(seeds)`` images of ``size``."""
+class ResolvedRequest:
+    """One generation checked against its model: ``count`` images of ``size``; ``seeds`` (one per image) exactly
+    when the model takes seeds."""
 
     prompt: str
     size: ImageSize
-    seeds: tuple[int, ...]
+    count: int
+    seeds: tuple[int, ...] | None = None
     steps: int | None = None
     guidance_scale: float | None = None
     negative_prompt: str | None = None
-
-    @property
-    def count(self) -> int:
-        return len(self.seeds)
 
 
 @dataclass(frozen=True)
 class GeneratedImage:
     image: Image
-    seed: int
+    seed: int | None
 
 
 class GenerationControl:
@@ -118,7 +132,7 @@ class GenerationControl:
 
 
 class Backend(Protocol):
-    """An engine that turns a ``GenerationRequest`` into images."""
+    """An engine that turns a ``ResolvedRequest`` into images."""
 
     @property
     def name(self) -> str:
@@ -130,10 +144,49 @@ class Backend(Protocol):
         """The model this backend runs now."""
         ...
 
-    async def generate(self, request: GenerationRequest, control: GenerationControl) -> list[GeneratedImage]:
-        """Make ``request.count`` images, in seed order. Raises ``Text2ImageError`` subclasses only."""
+    async def generate(
+        self, request: ResolvedRequest, control: GenerationControl, *, wait_limit: float | None = None
+    ) -> list[GeneratedImage]:
+        """Make ``request.count`` images, in seed order. Raises ``Text2ImageError`` subclasses only.
+
+        ``wait_limit``: a backend that runs one generation at a time (the GPU) raises ``BackendBusyError`` when it
+        cannot start within that many seconds (the fallback then goes remote); others ignore it.
+        """
         ...
 
     async def aclose(self) -> None:
         """Release what the backend holds (GPU memory, threads)."""
         ...
+
+
+class BackendSet(Protocol):
+    """Where the service gets its backends: the configured local model and the remote one for the current config."""
+
+    def local_model(self, config: RuntimeConfig) -> ModelInfo:
+        """The configured local model, loaded or not; ``ConfigurationError`` when the config or folder is wrong."""
+        ...
+
+    async def local(self, config: RuntimeConfig) -> Backend:
+        """The loaded local backend; ``BackendUnavailableError`` (downloading, failed) or ``ConfigurationError``."""
+        ...
+
+    def local_status(self, config: RuntimeConfig) -> LocalModelStatus:
+        """Where the configured local model stands (downloading, loading, ready, failed, …)."""
+        ...
+
+    def remote(self, config: RuntimeConfig) -> Backend:
+        """The remote backend for the configured account (shared limits); raises ``ConfigurationError``."""
+        ...
+
+    async def prepare(self, config: RuntimeConfig, progress: ProgressCallback | None = None) -> None:
+        """Start what the configured local model needs; with ``progress`` (``/init``) wait for its download.
+
+        Never raises for a failed download or load: those are kept and reported by ``local_status``.
+        """
+        ...
+
+    async def ready(self, config: RuntimeConfig) -> bool:
+        """Whether the configured backend can take work now (the local model loaded, the remote service answering)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigurationError
 from ..imaging import ImageSize
-from . import ModelInfo, StepRange
+from . import MAX_IMAGES, ModelInfo, StepRange
 
 FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
 SDXL_TURBO = "stabilityai/sdxl-turbo"
@@ -65,7 +65,7 @@ class LocalModelSpec:
     seconds_per_image_cuda: float
     seconds_per_image_cpu: float
     license: str
-    max_images_per_request: int = 12
+    max_images_per_request: int = MAX_IMAGES
 
     def model_info(self, device: str) -> ModelInfo:
         """What clients see of this model on ``device`` (``cpu``, ``cuda`` or ``cuda:N``)."""
@@ -78,8 +78,10 @@ class LocalModelSpec:
             steps=self.steps,
             default_guidance=self.default_guidance,
             supports_negative_prompt=self.supports_negative_prompt,
-            max_images_per_request=self.max_images_per_request,
             seconds_per_image=self.seconds_per_image_cuda if on_cuda else self.seconds_per_image_cpu,
+            max_guidance=self.max_guidance,
+            accepts_seed=True,
+            max_images_per_request=self.max_images_per_request,
             license=self.license,
         )
 

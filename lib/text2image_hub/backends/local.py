@@ -26,15 +26,15 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ..errors import (
+    BackendBusyError,
     BackendUnavailableError,
     ConfigurationError,
     GenerationCancelledError,
     GenerationError,
     GpuOutOfMemoryError,
-    InvalidRequestError,
 )
-from ..imaging import ImageSize, sizes_text
-from . import GeneratedImage, GenerationControl, GenerationRequest, ModelInfo
+from ..imaging import ImageSize
+from . import GeneratedImage, GenerationControl, ModelInfo, ResolvedRequest
 from .catalog import LocalModelSpec, check_speedups
 
 logger = logging.getLogger(__name__)
@@ -63,19 +63,24 @@ def resolve_device(device: str) -> torch.device:
         resolved = torch.device(name)
     except RuntimeError as exc:
         raise ConfigurationError(
-            f"Unknown device {device[:40]!r}: use auto, cpu, cuda or cuda:N.", field="local_device"
+            f"Unknown device {device[:40]!r}: use auto, cpu, cuda or cuda:N.", field="compute_device"
         ) from exc
     if resolved.type == "cpu":
         return resolved
     if resolved.type != "cuda":
         raise ConfigurationError(
-            f"Unsupported device {device[:40]!r}: use auto, cpu, cuda or cuda:N.", field="local_device"
+            f"Unsupported device {device[:40]!r}: use auto, cpu, cuda or cuda:N.", field="compute_device"
         )
     if not torch.cuda.is_available():
-        raise ConfigurationError(f"Device {name} was asked for, but CUDA is not available.", field="local_device")
-    if resolved.index is not None and resolved.index >= torch.cuda.device_count():
         raise ConfigurationError(
-            f"Device {name} does not exist: this machine has {torch.cuda.device_count()} GPU(s).", field="local_device"
+            f"Device {name} was asked for (COMPUTE_DEVICE), but this container sees no CUDA GPU: enable the GPU on "
+            "the deploy daemon, or choose the remote backend.",
+            field="compute_device",
+        )
+    if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigurationError(
+            f"Device {name} does not exist: this machine has {count} GPU(s).", field="compute_device"
         )
     return resolved
 
@@ -224,7 +229,7 @@ class LocalBackend:
         if "fp8" in chosen:
             _check_fp8(target)
         if max_batch is not None and max_batch < 1:
-            raise ConfigurationError(f"max_batch must be at least 1, not {max_batch}.", field="local_max_batch")
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2i-local")
         loop = asyncio.get_running_loop()
         try:
@@ -235,7 +240,7 @@ class LocalBackend:
         backend = cls(spec, pipe, target, executor, offloaded=offloaded, max_batch=max_batch)
         if "compile" in chosen:
             start = time.perf_counter()
-            request = GenerationRequest(prompt="warm-up", size=spec.default_size, seeds=(0,))
+            request = ResolvedRequest(prompt="warm-up", size=spec.default_size, count=1, seeds=(0,))
             await backend.generate(request, GenerationControl())
             logger.info("Compiled %s in %.1f s", spec.id, time.perf_counter() - start)
         return backend
@@ -266,37 +271,16 @@ class LocalBackend:
         """The diffusers pipeline (for benchmarks and tests; call it only through ``generate``)."""
         return self._pipe
 
-    def check(self, request: GenerationRequest) -> None:
-        """Reject what this model cannot do, with the message a user needs to fix the request."""
-        spec = self._spec
-        if request.size not in spec.sizes:
-            raise InvalidRequestError(
-                f"Size {request.size} is not supported by {spec.id}; supported sizes: {sizes_text(spec.sizes)}.",
-                code="INVALID_SIZE",
-                param="size",
-            )
-        if request.steps is not None and not spec.steps.minimum <= request.steps <= spec.steps.maximum:
-            raise InvalidRequestError(
-                f"{spec.id} takes {spec.steps.minimum} to {spec.steps.maximum} steps, not {request.steps}.",
-                code="INVALID_STEPS",
-                param="steps",
-            )
-        if request.guidance_scale is not None and not 0.0 <= request.guidance_scale <= spec.max_guidance:
-            if spec.max_guidance == 0.0:
-                message = f"{spec.id} is guidance-distilled and takes no guidance scale."
-                code = "UNSUPPORTED_PARAMETER"
-            else:
-                message = f"{spec.id} takes a guidance scale from 0 to {spec.max_guidance}."
-                code = "INVALID_GUIDANCE"
-            raise InvalidRequestError(message, code=code, param="guidance_scale")
-        if request.negative_prompt and not spec.supports_negative_prompt:
-            raise InvalidRequestError(
-                f"{spec.id} does not support a negative prompt.", code="UNSUPPORTED_PARAMETER", param="negative_prompt"
-            )
-
-    async def generate(self, request: GenerationRequest, control: GenerationControl) -> list[GeneratedImage]:
-        self.check(request)
-        async with self._lock:
+    async def generate(
+        self, request: ResolvedRequest, control: GenerationControl, *, wait_limit: float | None = None
+    ) -> list[GeneratedImage]:
+        """One generation at a time, on the backend's thread; ``wait_limit``: ``BackendBusyError`` when the GPU does
+        not become free within that many seconds (the fallback to the remote service uses it)."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), wait_limit)
+        except TimeoutError as exc:
+            raise BackendBusyError(f"the GPU stayed busy for more than {wait_limit:.0f} s") from exc
+        try:
             if self._closed:
                 raise BackendUnavailableError("The local backend is closed.")
             control.raise_if_cancelled()
@@ -307,6 +291,8 @@ class LocalBackend:
             except asyncio.CancelledError:
                 control.cancel()  # nobody waits for these images any more: stop the thread at the next step
                 raise
+        finally:
+            self._lock.release()
 
     async def aclose(self) -> None:
         async with self._lock:
@@ -322,7 +308,7 @@ class LocalBackend:
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _batch_size(self, request: GenerationRequest) -> int:
+    def _batch_size(self, request: ResolvedRequest) -> int:
         """How many images one pipeline call makes: as many as free GPU memory holds, up to ``MAX_BATCH``."""
         if self._max_batch is not None:
             return min(self._max_batch, request.count)
@@ -347,8 +333,10 @@ class LocalBackend:
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _generate(self, request: GenerationRequest, control: GenerationControl) -> list[GeneratedImage]:
+    def _generate(self, request: ResolvedRequest, control: GenerationControl) -> list[GeneratedImage]:
         """Runs on the worker thread."""
+        if request.seeds is None:  # resolve gives a seed per image to every model that takes seeds, as this one does
+            raise GenerationError(f"internal: a generation with {self._spec.id} came without seeds")
         start = time.perf_counter()
         steps = request.steps if request.steps is not None else self._spec.steps.default
         guidance = request.guidance_scale if request.guidance_scale is not None else self._spec.default_guidance
@@ -383,7 +371,7 @@ class LocalBackend:
 
     def _call_pipeline(
         self,
-        request: GenerationRequest,
+        request: ResolvedRequest,
         seeds: tuple[int, ...],
         steps: int,
         guidance: float,

@@ -2,7 +2,7 @@
 
 ``RemotePreset`` says what a service accepts (sizes, prompt length, images per request, whether a seed may be sent)
 and its published limits; ``RemoteAccount`` is one admin configuration of it (URL, token, model, limits).
-``RemoteBackend`` turns a ``GenerationRequest`` into single-image (or ``max_images_per_request``-image) HTTP calls
+``RemoteBackend`` turns a ``ResolvedRequest`` into single-image (or ``max_images_per_request``-image) HTTP calls
 run concurrently behind a shared ``RateLimiter``, retries what is worth retrying and maps the rest onto the error
 tree:
 
@@ -42,20 +42,19 @@ from pydantic import SecretStr
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
-    InvalidRequestError,
     RemoteAuthError,
     RemoteBusyError,
     RemoteServiceError,
 )
-from ..imaging import ImageSize, sizes_text
+from ..imaging import ImageSize
 from ..ratelimit import RateLimiter
-from . import GeneratedImage, GenerationControl, GenerationRequest, ModelInfo
+from . import MAX_IMAGES, GeneratedImage, GenerationControl, ModelInfo, ResolvedRequest
 
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 30 * 1024 * 1024  # one downloaded or decoded image
 MAX_ERROR_BODY_BYTES = 64 * 1024  # what we read of an error answer
-MAX_IMAGES_PER_GENERATION = 12  # what a client may ask of this backend at once (fanned out); Nextcloud's 1–12 bound
+UNLIMITED_CONCURRENCY = 8  # images in flight at once for a service without a client-side limit (OpenAI's)
 _DETAIL_CHARS = 300
 _CANCEL_POLL_SECONDS = 0.25
 # How much later than our limiter the service may count a request (network, its queue): the limiter keeps this much
@@ -240,6 +239,28 @@ class RemoteAccount:
     def supported_sizes(self) -> tuple[ImageSize, ...]:
         return self.sizes or self.preset.sizes
 
+    def model_info(self) -> ModelInfo:
+        """What the service accepts, as ``resolve`` checks it: no steps, guidance or negative prompt; a seed only
+        where the preset is known to take one."""
+        sizes = self.supported_sizes
+        default_size = self.preset.default_size if self.preset.default_size in sizes else sizes[0]
+        rate = self.limits.images_per_minute
+        return ModelInfo(
+            id=self.model,
+            backend="remote",
+            sizes=sizes,
+            default_size=default_size,
+            steps=None,
+            default_guidance=None,
+            supports_negative_prompt=False,
+            seconds_per_image=max(self.preset.seconds_per_image, 60.0 / rate if rate else 0.0),
+            max_guidance=0.0,
+            accepts_seed=self.preset.accepts_seed,
+            max_prompt_length=self.limits.max_prompt_length,
+            concurrency=self.limits.burst or UNLIMITED_CONCURRENCY,
+            license=self.preset.license if self.model == self.preset.model else "",
+        )
+
     @property
     def key(self) -> tuple[str, str, str]:
         """What identifies the account's shared limits: base URL, model and the token's SHA-256 (never the token)."""
@@ -298,7 +319,7 @@ class RemoteBackend:
         self._limiter = limiter if limiter is not None else limiter_for(account.limits)
         self._retry = retry if retry is not None else RetryPolicy()
         self._rng = rng if rng is not None else random.Random()  # jitter, not secrets  # noqa: S311
-        self._model = _model_info(account)
+        self._model = account.model_info()
 
     def __repr__(self) -> str:
         return (
@@ -339,27 +360,16 @@ class RemoteBackend:
             raise RemoteServiceError(f"{self._where()} answered /models without a data list")
         return [str(item["id"]) for item in data if isinstance(item, dict) and "id" in item]
 
-    async def generate(self, request: GenerationRequest, control: GenerationControl) -> list[GeneratedImage]:
+    async def generate(
+        self, request: ResolvedRequest, control: GenerationControl, *, wait_limit: float | None = None
+    ) -> list[GeneratedImage]:
+        """Fan the request out into calls of at most ``max_images_per_request`` images (one per seed when the
+        service takes seeds), concurrently behind the shared limiter (whose queue is no reason to give up:
+        ``wait_limit`` does not apply)."""
         limits = self._account.limits
-        if limits.max_prompt_length is not None and len(request.prompt) > limits.max_prompt_length:
-            raise InvalidRequestError(
-                f"The prompt is {len(request.prompt)} characters long, but {self._account.preset.provider} accepts "
-                f"at most {limits.max_prompt_length} characters. Please shorten it.",
-                code="PROMPT_TOO_LONG",
-                param="prompt",
-            )
-        if request.size not in self._model.sizes:
-            raise InvalidRequestError(
-                f"The size {request.size} is not supported by {self._model.id}. "
-                f"Supported sizes: {sizes_text(self._model.sizes)}.",
-                code="INVALID_SIZE",
-                param="size",
-            )
-        if request.count < 1:
-            return []
-        per_request = max(1, min(limits.max_images_per_request, self._limiter.max_images or request.count))
-        chunks = [request.seeds[i : i + per_request] for i in range(0, request.count, per_request)]
-        logger.info(
+        per_request = 1 if request.seeds is not None else max(1, min(limits.max_images_per_request, self._burst))
+        chunks = [(first, min(per_request, request.count - first)) for first in range(0, request.count, per_request)]
+        logger.debug(
             "remote generation: %d image(s) %s on %s/%s in %d request(s)",
             request.count,
             request.size,
@@ -368,7 +378,10 @@ class RemoteBackend:
             len(chunks),
         )
         progress = _Progress(control, request.count)
-        tasks = [asyncio.create_task(self._generate_chunk(request, seeds, control, progress)) for seeds in chunks]
+        tasks = [
+            asyncio.create_task(self._generate_chunk(request, first, count, control, progress))
+            for first, count in chunks
+        ]
         try:
             results = await asyncio.gather(*tasks)
         except BaseException:
@@ -384,32 +397,37 @@ class RemoteBackend:
             images.extend(chunk_images)
         return images
 
+    @property
+    def _burst(self) -> int:
+        return self._limiter.max_images or MAX_IMAGES
+
     async def _generate_chunk(
-        self, request: GenerationRequest, seeds: tuple[int, ...], control: GenerationControl, progress: _Progress
+        self, request: ResolvedRequest, first: int, count: int, control: GenerationControl, progress: _Progress
     ) -> list[GeneratedImage] | None:
+        seeds = request.seeds[first : first + count] if request.seeds is not None else None
         body: dict[str, object] = {
             "model": self._account.model,
             "prompt": request.prompt,
             "size": str(request.size),
-            "n": len(seeds),
+            "n": count,
         }
         if self._account.preset.response_format is not None:
             body["response_format"] = self._account.preset.response_format
-        if self._account.preset.accepts_seed and len(seeds) == 1:
+        if seeds is not None:
             body["seed"] = seeds[0]
-        answer = await self._call("POST", "/images/generations", body, images=len(seeds), control=control)
+        answer = await self._call("POST", "/images/generations", body, images=count, control=control)
         if answer is None:
             return None
         payload = self._json(answer.body)
         data = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(data, list) or len(data) != len(seeds):
-            count = len(data) if isinstance(data, list) else "no"
-            raise RemoteServiceError(f"{self._where()} answered {count} image(s) where {len(seeds)} were asked for")
+        if not isinstance(data, list) or len(data) != count:
+            found = len(data) if isinstance(data, list) else "no"
+            raise RemoteServiceError(f"{self._where()} answered {found} image(s) where {count} were asked for")
         images: list[GeneratedImage] = []
-        for item, seed in zip(data, seeds, strict=True):
+        for index, item in enumerate(data):
             raw = await self._image_bytes(item)
             image = await asyncio.to_thread(_decode_image, raw, request.size, self._where())
-            images.append(GeneratedImage(image=image, seed=seed))
+            images.append(GeneratedImage(image=image, seed=seeds[index] if seeds is not None else None))
             progress.add(1)
         return images
 
@@ -661,25 +679,6 @@ def limiter_for(limits: RemoteLimits) -> RateLimiter:
         burst=limits.burst,
         requests_per_second=limits.requests_per_second,
         skew=CLOCK_SKEW_SECONDS,
-    )
-
-
-def _model_info(account: RemoteAccount) -> ModelInfo:
-    sizes = account.supported_sizes
-    default_size = account.preset.default_size if account.preset.default_size in sizes else sizes[0]
-    rate = account.limits.images_per_minute
-    return ModelInfo(
-        id=account.model,
-        backend="remote",
-        sizes=sizes,
-        default_size=default_size,
-        steps=None,
-        default_guidance=None,
-        supports_negative_prompt=False,
-        max_images_per_request=MAX_IMAGES_PER_GENERATION,
-        seconds_per_image=max(account.preset.seconds_per_image, 60.0 / rate if rate else 0.0),
-        max_prompt_length=account.limits.max_prompt_length,
-        license=account.preset.license if account.model == account.preset.model else "",
     )
 
 
