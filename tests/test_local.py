@@ -14,7 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.tiny_models import save_tiny_flux, save_tiny_sdxl, tiny_flux_spec, tiny_sdxl_spec
+from tests.tiny_models import (
+    save_tiny_flux,
+    save_tiny_sdxl,
+    tiny_flux_pipeline,
+    tiny_flux_spec,
+    tiny_sdxl_spec,
+)
 from text2image_hub.backends import GeneratedImage, GenerationControl, GenerationRequest
 from text2image_hub.backends.local import LocalBackend, resolve_device
 from text2image_hub.errors import (
@@ -381,6 +387,25 @@ async def test_load_other_pipeline_than_spec_is_configuration_error(tiny_dirs: d
 async def test_load_missing_weights_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailableError):
         await LocalBackend.load(tiny_flux_spec(), tmp_path / "nothing-here", device="cpu")
+
+
+async def test_from_pipeline_makes_the_same_images_as_load(tiny_dirs: dict[str, Path], flux: LocalBackend) -> None:
+    in_memory = await LocalBackend.from_pipeline(tiny_flux_spec(), tiny_flux_pipeline(), device="cpu")
+    try:
+        request = GenerationRequest(prompt="a lighthouse", size=ImageSize(48, 32), seeds=(7,))
+        mine = await in_memory.generate(request, GenerationControl())
+        loaded = await flux.generate(request, GenerationControl())
+    finally:
+        await in_memory.aclose()
+
+    assert np.array_equal(pixels(mine[0]), pixels(loaded[0]))
+
+
+async def test_from_pipeline_other_pipeline_than_spec_is_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        await LocalBackend.from_pipeline(tiny_sdxl_spec(), tiny_flux_pipeline(), device="cpu")
+
+    assert caught.value.field == "local_model"
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", "mps"])
