@@ -487,3 +487,72 @@ async def test_generate_real_cuda_out_of_memory_becomes_gpu_error(tiny_dirs: dic
         await backend.aclose()
 
     assert len(images) == 1
+
+
+@pytest.mark.gpu
+@needs_cuda
+async def test_generate_real_cuda_out_of_memory_in_a_batch_gives_user_message_and_next_works(
+    tiny_dirs: dict[str, Path],
+) -> None:
+    huge = ImageSize(4096, 4096)  # 4M tokens: a 256 MB activation in the first layer, over the cap set below
+    spec = dataclasses.replace(tiny_flux_spec(), sizes=(*tiny_flux_spec().sizes, huge))
+    backend = await LocalBackend.load(spec, tiny_dirs["flux"], device="cuda", max_batch=4)
+    device = torch.device(backend.device)
+    try:
+        assert not backend.offloaded
+        torch.cuda.empty_cache()
+        cap = (torch.cuda.memory_reserved(device) + 128 * 1024**2) / torch.cuda.get_device_properties(
+            device
+        ).total_memory
+        torch.cuda.set_per_process_memory_fraction(cap, device)
+        try:
+            with pytest.raises(GpuOutOfMemoryError) as caught:
+                await backend.generate(
+                    GenerationRequest(prompt="a cat", size=huge, seeds=tuple(range(8)), steps=1), GenerationControl()
+                )
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+        images = await backend.generate(
+            GenerationRequest(prompt="a cat", size=ImageSize(48, 32), seeds=(1, 2)), GenerationControl()
+        )
+    finally:
+        await backend.aclose()
+
+    assert caught.value.user_message.startswith("Image too large for this server's GPU")
+    assert isinstance(caught.value.__cause__, torch.cuda.OutOfMemoryError)
+    assert [image.image.size for image in images] == [(48, 32), (48, 32)]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
+async def test_generate_cancelled_mid_run_stops_within_one_step(tiny_dirs: dict[str, Path], device: str) -> None:
+    backend = await LocalBackend.load(tiny_flux_spec(), tiny_dirs["flux"], device=device)
+    starts: list[float] = []
+
+    def slow_step(_module: Any, _args: Any) -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        time.sleep(0.05)  # a real model's step: long enough for the cancellation to land mid-run
+        starts.append(time.perf_counter())
+
+    backend.pipeline.transformer.register_forward_pre_hook(slow_step)
+    control = GenerationControl()
+    request = GenerationRequest(prompt="a cat", size=ImageSize(32, 32), seeds=(1,), steps=8)
+    try:
+        generation = asyncio.ensure_future(backend.generate(request, control))
+        async with asyncio.timeout(10):
+            while not starts:  # until the first step has begun
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.08)  # into the second step
+        cancelled_at = time.perf_counter()
+        control.cancel()
+        with pytest.raises(GenerationCancelledError):
+            await generation
+        stopped_at = time.perf_counter()
+        images = await backend.generate(dataclasses.replace(request, steps=1), GenerationControl())
+    finally:
+        await backend.aclose()
+
+    assert 1 <= len([start for start in starts if start < cancelled_at]) < 8
+    assert len([start for start in starts if cancelled_at < start < stopped_at]) <= 1
+    assert stopped_at - cancelled_at < 0.5
+    assert len(images) == 1
