@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import dataclasses
 import gc
 import itertools
@@ -369,6 +370,8 @@ class Section:
     group: str = ""
     estimate_s: float = 0.0
     """A guess of its GPU cost, only to skip what cannot finish before the deadline (not a reported figure)."""
+    reserve_s: float = 0.0
+    """Seconds its batch sweep leaves to the sections after it in its group (compile and fp8 after compile+fp8)."""
 
     @property
     def label(self) -> str:
@@ -438,6 +441,10 @@ def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    elif sys.platform == "linux":
+        # glibc keeps freed tensors of a worker thread's arena; without this, a second full-size pipeline loaded
+        # on another thread (the disk load) comes on top of the first one's memory on the CPU
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _request(size: ImageSize, count: int, steps: int | None, seed: int) -> GenerationRequest:
@@ -467,13 +474,14 @@ async def measure(
     repeats: int,
     deadline: float,
     extra: dict[str, Any],
+    scale: float,
 ) -> None:
     """Latency at batch 1 for each size and step count, then images/s at the section's batches."""
     spec = backend.spec
     device = torch.device(backend.device)
     for size in section.sizes or (spec.default_size,):
         for steps in section.steps:
-            await _timed(backend, size, 1, steps, seed=0)  # warm-up (and compilation for this size)
+            warm_up_s, _images = await _timed(backend, size, 1, steps, seed=0)  # warm-up (compilation for this size)
             _reset_peak(device)
             runs = [await _timed(backend, size, 1, steps, seed=i) for i in range(repeats)]
             latency = statistics.median(elapsed for elapsed, _images in runs)
@@ -491,14 +499,17 @@ async def measure(
                 "pixel_std": round(float(pixels.std()), 1),
                 "images_per_s": {"1": round(1 / latency, 3)},
                 "peak_gb_batch": {"1": _peak_gb(device)},
+                "warm_up_s": {"1": round(warm_up_s, 3)},
             }
             for batch in section.batches:
                 if batch == 1:
                     continue
-                if _left(deadline) < 3 * batch * latency + 5:
+                recompile_s = extra["ready_s"] if "compile" in section.speedups else 0.0  # a new batch size
+                if _left(deadline) - section.reserve_s * scale < recompile_s + 3 * batch * latency + 5:
                     row.setdefault("notes", []).append(f"batch {batch} skipped: deadline")
                     continue
-                await _timed(backend, size, batch, steps, seed=100)  # warm-up (a recompile for a new batch size)
+                warm_up_s, _images = await _timed(backend, size, batch, steps, seed=100)  # a recompile when compiled
+                row["warm_up_s"][str(batch)] = round(warm_up_s, 3)
                 _reset_peak(device)
                 elapsed, _images = await _timed(backend, size, batch, steps, seed=200)
                 row["images_per_s"][str(batch)] = round(batch / elapsed, 3)
@@ -677,7 +688,8 @@ async def run_section(
     deadline: float,
     scratch: Path,
 ) -> None:
-    estimate = section.estimate_s * (0.2 if tiny else 1.0)
+    scale = 0.2 if tiny else 1.0  # tiny models: a fifth of the GPU guesses (a guess too)
+    estimate = section.estimate_s * scale
     if _left(deadline) < estimate:
         sink.emit(
             {"kind": "skipped", "name": section.name, "reason": f"deadline (needs ~{estimate:.0f} s)"},
@@ -705,9 +717,9 @@ async def run_section(
             flush=True,
         )
         extra = {"build_s": round(build_s, 2), "ready_s": round(ready_s, 2), "offload": backend.offloaded}
-        await measure(backend, section, sink, repeats=repeats, deadline=deadline, extra=extra)
+        await measure(backend, section, sink, repeats=repeats, deadline=deadline, extra=extra, scale=scale)
         for check in section.checks:
-            if _left(deadline) < 20 * (0.2 if tiny else 1.0):
+            if _left(deadline) < 20 * scale:
                 sink.emit({"kind": "skipped", "name": f"{section.name}:{check}", "reason": "deadline"}, "    skipped")
             elif check == "cancel":
                 await check_cancel(backend, sink, slow_steps=tiny)
@@ -744,7 +756,8 @@ def gpu_plan(*, tiny: bool) -> list[Section]:
     flux_size = (TINY_SIZES[0],) if tiny else (ImageSize(1024, 1024),)
 
     def flux(speedups: frozenset[str], batches: tuple[int, ...], estimate_s: float, *checks: str) -> Section:
-        return Section("flux", speedups, flux_size, (4,), batches, checks, "flux", estimate_s)
+        reserve_s = {_BOTH: 90.0, frozenset({"compile"}): 30.0}.get(speedups, 0.0)
+        return Section("flux", speedups, flux_size, (4,), batches, checks, "flux", estimate_s, reserve_s)
 
     def turbo(
         speedups: frozenset[str], batches: tuple[int, ...], group: str, estimate_s: float, *checks: str

@@ -14,11 +14,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             "Random weights on the real architectures. build s: meta device → target device → initialised (no disk, "
             "not a load time); ready s: LocalBackend.from_pipeline (placement, speed-ups, compile warm-up); latency: "
             "median of n images at batch 1 after a warm-up; peak GB: peak GPU memory allocated; img/s bN: one call "
-            "of N images after a warm-up call; pixel std: of the last image (0 would mean a blank or NaN image).",
+            "of N images after a warm-up call; warm-up s: those first calls at b1/b2/b4 (a recompile each when "
+            "compiled); pixel std: of the last image (0 would mean a blank or NaN image).",
             "",
             "| model | speed-ups | size | steps | build s | ready s | latency s (median) | peak GB "
-            "| img/s b1 | b2 | b4 | peak GB b4 | pixel std |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| img/s b1 | b2 | b4 | peak GB b4 | warm-up s b1/b2/b4 | pixel std |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in latency:
             rates = row["images_per_s"]
@@ -36,6 +37,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 rates.get("2", "–"),
                 rates.get("4", "–"),
                 peaks.get("4") if peaks.get("4") is not None else "–",
+                "/".join(str(row["warm_up_s"].get(batch, "–")) for batch in ("1", "2", "4")),
                 row["pixel_std"],
             ]
             lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
