@@ -216,10 +216,12 @@ def _adopt_pipeline(
     """``_load_pipeline`` for a pipeline built in memory: inference mode (no dropout, as ``from_pretrained`` leaves
     it), the device's dtype, then the same placement."""
     _check_pipeline_class(pipe, spec, "The pipeline")
+    dtype = _dtype(spec, device)
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
-    pipe.to(dtype=_dtype(spec, device))
+            if getattr(component, "dtype", dtype) != dtype:
+                component.to(dtype=dtype)
     return pipe, _place_pipeline(pipe, spec, device, speedups)
 
 
