@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -527,21 +528,21 @@ async def test_generate_real_cuda_out_of_memory_in_a_batch_gives_user_message_an
 async def test_generate_cancelled_mid_run_stops_within_one_step(tiny_dirs: dict[str, Path], device: str) -> None:
     backend = await LocalBackend.load(tiny_flux_spec(), tiny_dirs["flux"], device=device)
     starts: list[float] = []
+    first_step = threading.Event()
 
     def slow_step(_module: Any, _args: Any) -> None:
         if device == "cuda":
             torch.cuda.synchronize()
         time.sleep(0.05)  # a real model's step: long enough for the cancellation to land mid-run
         starts.append(time.perf_counter())
+        first_step.set()
 
     backend.pipeline.transformer.register_forward_pre_hook(slow_step)
     control = GenerationControl()
     request = GenerationRequest(prompt="a cat", size=ImageSize(32, 32), seeds=(1,), steps=8)
     try:
         generation = asyncio.ensure_future(backend.generate(request, control))
-        async with asyncio.timeout(10):
-            while not starts:  # until the first step has begun
-                await asyncio.sleep(0.005)
+        assert await asyncio.to_thread(first_step.wait, 10)
         await asyncio.sleep(0.08)  # into the second step
         cancelled_at = time.perf_counter()
         control.cancel()
