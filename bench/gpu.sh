@@ -3,7 +3,8 @@
 #   sh bench/gpu.sh                  on the GPU machine, through the device tool (carry .whl, OUT set by the tool)
 #   sh bench/gpu.sh --cpu-dry-run    here: the same steps at tiny sizes on the CPU (OUT defaults to a new temp dir)
 # It installs the wheels carried in .whl/ (bench/fetch_gpu_wheels.sh) into a folder on PYTHONPATH, then runs
-# bench/gpu.py: the gpu-marked tests, then the benchmark, within T2I_BUDGET_S seconds (default 450: with the grace for killing a step that overruns, under 8 minutes).
+# bench/gpu.py: the gpu-marked tests, then the benchmark, within T2I_BUDGET_S seconds (default 450; with the grace
+# given to a step that overruns its deadline, all of it ends within 8 minutes).
 # PYTHON picks the interpreter (default python3; here e.g. PYTHON=/work/main/.venv/bin/python).
 set -eu
 started=$(date +%s)
@@ -32,5 +33,6 @@ else
   echo "no wheels in .whl/ (bench/fetch_gpu_wheels.sh fetches them): using what $PYTHON has"
 fi
 "$PYTHON" -c 'import diffusers, torch, transformers, pytest_asyncio; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "diffusers", diffusers.__version__, "transformers", transformers.__version__)'
+echo "results: $OUT/results.md and $OUT/results.json"
 # shellcheck disable=SC2086 # $flags is two words on purpose
 exec "$PYTHON" bench/gpu.py --out "$OUT" --started "$started" --budget-s "$BUDGET" $flags
