@@ -539,6 +539,7 @@ async def check_cancel(backend: LocalBackend, sink: Sink, *, slow_steps: bool) -
     starts: list[float] = []
 
     def on_step(_module: Any, _args: Any) -> None:
+        _sync(device)  # the step before has run on the GPU, not just been queued: the times are the GPU's
         if slow_steps:
             time.sleep(0.02)
         starts.append(time.perf_counter())
