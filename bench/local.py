@@ -26,6 +26,7 @@ Run (from the repository root; PYTHONPATH=lib:.):
   python bench/local.py --plan gpu --tiny          # the same matrix at tiny sizes on the CPU (the dry run)
 Options: --models flux,sdxl-turbo,sdxl  --speedups fuse_qkv,channels_last,compile,fp8  --steps 1,4  --repeats N
          --group NAME (one group of the GPU plan)  --deadline EPOCH  --jsonl FILE (rows as they come)  --json FILE
+         --markdown FILE
 """
 
 from __future__ import annotations
