@@ -37,6 +37,8 @@ pytestmark = [
     pytest.mark.slow,
     # diffusers' Euler schedulers call np.array() on a torch tensor, which numpy 2 deprecates (harmless).
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
+    # diffusers' SDXL pipeline calls its own deprecated upcast_vae() for an fp16 VAE with force_upcast (CUDA only)
+    pytest.mark.filterwarnings("ignore:`upcast_vae` is deprecated:FutureWarning"),
 ]
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
