@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.tiny_models import save_tiny_flux, save_tiny_sdxl, tiny_flux_spec, tiny_sdxl_spec
+from tests.tiny_models import (
+    save_tiny_flux,
+    save_tiny_sdxl,
+    tiny_flux_pipeline,
+    tiny_flux_spec,
+    tiny_sdxl_spec,
+)
 from text2image_hub.backends import GeneratedImage, GenerationControl, ResolvedRequest
 from text2image_hub.backends.local import LocalBackend, resolve_device
 from text2image_hub.errors import (
@@ -29,6 +36,8 @@ pytestmark = [
     pytest.mark.slow,
     # diffusers' Euler schedulers call np.array() on a torch tensor, which numpy 2 deprecates (harmless).
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
+    # diffusers' SDXL pipeline calls its own deprecated upcast_vae() for an fp16 VAE with force_upcast (CUDA only)
+    pytest.mark.filterwarnings("ignore:`upcast_vae` is deprecated:FutureWarning"),
 ]
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -350,6 +359,25 @@ async def test_load_missing_weights_is_unavailable(tmp_path: Path) -> None:
         await LocalBackend.load(tiny_flux_spec(), tmp_path / "nothing-here", device="cpu")
 
 
+async def test_from_pipeline_makes_the_same_images_as_load(tiny_dirs: dict[str, Path], flux: LocalBackend) -> None:
+    in_memory = await LocalBackend.from_pipeline(tiny_flux_spec(), tiny_flux_pipeline(), device="cpu")
+    try:
+        request = ResolvedRequest(prompt="a lighthouse", size=ImageSize(48, 32), count=1, seeds=(7,))
+        mine = await in_memory.generate(request, GenerationControl())
+        loaded = await flux.generate(request, GenerationControl())
+    finally:
+        await in_memory.aclose()
+
+    assert np.array_equal(pixels(mine[0]), pixels(loaded[0]))
+
+
+async def test_from_pipeline_other_pipeline_than_spec_is_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        await LocalBackend.from_pipeline(tiny_sdxl_spec(), tiny_flux_pipeline(), device="cpu")
+
+    assert caught.value.field == "local_model"
+
+
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", "mps"])
 def test_resolve_device_unknown_is_configuration_error(device: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
@@ -428,4 +456,74 @@ async def test_generate_real_cuda_out_of_memory_becomes_gpu_error(tiny_dirs: dic
     finally:
         await backend.aclose()
 
+    assert len(images) == 1
+
+
+@pytest.mark.gpu
+@needs_cuda
+async def test_generate_real_cuda_out_of_memory_in_a_batch_gives_user_message_and_next_works(
+    tiny_dirs: dict[str, Path],
+) -> None:
+    huge = ImageSize(4096, 4096)  # 4M tokens: a 256 MB activation in the first layer, over the cap set below
+    spec = dataclasses.replace(tiny_flux_spec(), sizes=(*tiny_flux_spec().sizes, huge))
+    backend = await LocalBackend.load(spec, tiny_dirs["flux"], device="cuda", max_batch=4)
+    device = torch.device(backend.device)
+    try:
+        assert not backend.offloaded
+        torch.cuda.empty_cache()
+        cap = (torch.cuda.memory_reserved(device) + 128 * 1024**2) / torch.cuda.get_device_properties(
+            device
+        ).total_memory
+        torch.cuda.set_per_process_memory_fraction(cap, device)
+        try:
+            with pytest.raises(GpuOutOfMemoryError) as caught:
+                await backend.generate(
+                    ResolvedRequest(prompt="a cat", size=huge, count=8, seeds=tuple(range(8)), steps=1),
+                    GenerationControl(),
+                )
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+        images = await backend.generate(
+            ResolvedRequest(prompt="a cat", size=ImageSize(48, 32), count=2, seeds=(1, 2)), GenerationControl()
+        )
+    finally:
+        await backend.aclose()
+
+    assert caught.value.user_message.startswith("Image too large for this server's GPU")
+    assert isinstance(caught.value.__cause__, torch.cuda.OutOfMemoryError)
+    assert [image.image.size for image in images] == [(48, 32), (48, 32)]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
+async def test_generate_cancelled_mid_run_stops_within_one_step(tiny_dirs: dict[str, Path], device: str) -> None:
+    backend = await LocalBackend.load(tiny_flux_spec(), tiny_dirs["flux"], device=device)
+    starts: list[float] = []
+    first_step = threading.Event()
+
+    def slow_step(_module: Any, _args: Any) -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        time.sleep(0.05)  # a real model's step: long enough for the cancellation to land mid-run
+        starts.append(time.perf_counter())
+        first_step.set()
+
+    backend.pipeline.transformer.register_forward_pre_hook(slow_step)
+    control = GenerationControl()
+    request = ResolvedRequest(prompt="a cat", size=ImageSize(32, 32), count=1, seeds=(1,), steps=8)
+    try:
+        generation = asyncio.ensure_future(backend.generate(request, control))
+        assert await asyncio.to_thread(first_step.wait, 10)
+        await asyncio.sleep(0.08)  # into the second step
+        cancelled_at = time.perf_counter()
+        control.cancel()
+        with pytest.raises(GenerationCancelledError):
+            await generation
+        stopped_at = time.perf_counter()
+        images = await backend.generate(dataclasses.replace(request, steps=1), GenerationControl())
+    finally:
+        await backend.aclose()
+
+    assert 1 <= len([start for start in starts if start < cancelled_at]) < 8
+    assert len([start for start in starts if cancelled_at < start < stopped_at]) <= 1
+    assert stopped_at - cancelled_at < 0.5
     assert len(images) == 1

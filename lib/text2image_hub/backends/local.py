@@ -18,6 +18,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,24 @@ def _apply_speedups(pipe: Any, spec: LocalModelSpec, speedups: frozenset[str], d
     logger.info("Speed-ups for %s on %s: %s", spec.id, device, ", ".join(sorted(speedups)) or "none")
 
 
+def _dtype(spec: LocalModelSpec, device: torch.device) -> torch.dtype:
+    dtype: torch.dtype = getattr(torch, spec.cuda_dtype) if device.type == "cuda" else torch.float32
+    return dtype
+
+
+def _check_pipeline_class(pipe: Any, spec: LocalModelSpec, where: object) -> None:
+    if type(pipe).__name__ != spec.pipeline_class:
+        raise ConfigurationError(
+            f"{where} holds a {type(pipe).__name__}, not the {spec.pipeline_class} of {spec.id}.",
+            field="local_model",
+        )
+
+
 def _load_pipeline(
     spec: LocalModelSpec, model_dir: Path, device: torch.device, speedups: frozenset[str]
 ) -> tuple[Any, bool]:
     """Load on the worker thread; return the pipeline and whether model CPU offload is on."""
-    dtype = getattr(torch, spec.cuda_dtype) if device.type == "cuda" else torch.float32
+    dtype = _dtype(spec, device)
     start = time.perf_counter()
     if not (model_dir / "model_index.json").is_file():
         raise BackendUnavailableError(f"No diffusers weights (model_index.json) for {spec.id} in {model_dir}.")
@@ -151,15 +165,38 @@ def _load_pipeline(
         pipe = DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, dtype=dtype, variant=variant)  # type: ignore[no-untyped-call]
     except _LOAD_ERRORS as exc:
         raise BackendUnavailableError(f"Loading {spec.id} from {model_dir} failed: {exc}") from exc
-    if type(pipe).__name__ != spec.pipeline_class:
-        raise ConfigurationError(
-            f"{model_dir} holds a {type(pipe).__name__}, not the {spec.pipeline_class} of {spec.id}.",
-            field="local_model",
-        )
+    _check_pipeline_class(pipe, spec, model_dir)
+    offloaded = _place_pipeline(pipe, spec, device, speedups)
+    logger.info(
+        "Loaded %s on %s in %s (CPU offload: %s) in %.1f s",
+        spec.id,
+        device,
+        str(dtype).removeprefix("torch."),
+        offloaded,
+        time.perf_counter() - start,
+    )
+    return pipe, offloaded
+
+
+def _bytes_on(pipe: Any, device: torch.device) -> int:
+    """The bytes of the pipeline's weights that already lie on ``device`` (0 for a pipeline read from disk)."""
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in (*component.parameters(), *component.buffers()):
+                if tensor.device.type == device.type and device.index in (None, tensor.device.index):
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _place_pipeline(pipe: Any, spec: LocalModelSpec, device: torch.device, speedups: frozenset[str]) -> bool:
+    """Move the pipeline to ``device`` (or turn on model CPU offload) and apply the speed-ups; return whether
+    offload is on. Weights already on the device count as free memory (``LocalBackend.from_pipeline``)."""
     pipe.set_progress_bar_config(disable=True)
     offloaded = False
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
+        free += _bytes_on(pipe, device)
         if free < spec.memory_gb * GIB:
             if free < spec.offload_memory_gb * GIB:
                 logger.warning(
@@ -175,15 +212,22 @@ def _load_pipeline(
         else:
             pipe.to(device)
     _apply_speedups(pipe, spec, speedups, device)
-    logger.info(
-        "Loaded %s on %s in %s (CPU offload: %s) in %.1f s",
-        spec.id,
-        device,
-        str(dtype).removeprefix("torch."),
-        offloaded,
-        time.perf_counter() - start,
-    )
-    return pipe, offloaded
+    return offloaded
+
+
+def _adopt_pipeline(
+    pipe: Any, spec: LocalModelSpec, device: torch.device, speedups: frozenset[str]
+) -> tuple[Any, bool]:
+    """``_load_pipeline`` for a pipeline built in memory: inference mode (no dropout, as ``from_pretrained`` leaves
+    it), the device's dtype, then the same placement."""
+    _check_pipeline_class(pipe, spec, "The pipeline")
+    dtype = _dtype(spec, device)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+            if getattr(component, "dtype", dtype) != dtype:
+                component.to(dtype=dtype)
+    return pipe, _place_pipeline(pipe, spec, device, speedups)
 
 
 class LocalBackend:
@@ -224,6 +268,37 @@ class LocalBackend:
         ``max_batch`` caps how many images share one pipeline call; ``None`` decides from free GPU memory (and
         makes images one by one on the CPU, where batching gains nothing).
         """
+        return await cls._start(
+            spec, device, speedups, max_batch, lambda target, chosen: _load_pipeline(spec, model_dir, target, chosen)
+        )
+
+    @classmethod
+    async def from_pipeline(
+        cls,
+        spec: LocalModelSpec,
+        pipe: Any,
+        *,
+        device: str = "auto",
+        speedups: frozenset[str] = frozenset(),
+        max_batch: int | None = None,
+    ) -> LocalBackend:
+        """Like ``load``, for a pipeline already built in memory (``bench/local.py`` builds random weights on the
+        GPU rather than reading 33 GB from disk). It goes through the same dtype cast, placement (offload), speed-ups
+        and compile warm-up; weights already on ``device`` stay there.
+        """
+        return await cls._start(
+            spec, device, speedups, max_batch, lambda target, chosen: _adopt_pipeline(pipe, spec, target, chosen)
+        )
+
+    @classmethod
+    async def _start(
+        cls,
+        spec: LocalModelSpec,
+        device: str,
+        speedups: frozenset[str],
+        max_batch: int | None,
+        prepare: Callable[[torch.device, frozenset[str]], tuple[Any, bool]],
+    ) -> LocalBackend:
         chosen = check_speedups(speedups)
         target = resolve_device(device)
         if "fp8" in chosen:
@@ -233,7 +308,7 @@ class LocalBackend:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2i-local")
         loop = asyncio.get_running_loop()
         try:
-            pipe, offloaded = await loop.run_in_executor(executor, _load_pipeline, spec, model_dir, target, chosen)
+            pipe, offloaded = await loop.run_in_executor(executor, prepare, target, chosen)
         except BaseException:
             executor.shutdown(wait=False)
             raise
