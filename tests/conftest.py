@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from tests.instant_backend import StaticBackends
 from tests.servers import ServerThread, free_port
 from text2image_hub.admin import FIELD_IDS
 from text2image_hub.app import BackendFactory, create_app
-from text2image_hub.service import BackendSet
+from text2image_hub.backends import BackendSet
 from text2image_hub.settings import Settings, load_settings
 from text2image_hub.worker import WorkerTiming
 
@@ -28,6 +29,17 @@ FAST_TIMING = WorkerTiming(
     shutdown_grace=1.0,
 )
 ROUTES = [("^/v1/.*", "GET,POST", 0)]
+
+
+_APP_VARIABLES = ("APP_", "T2I_", "NEXTCLOUD_", "COMPUTE_DEVICE", "HP_SHARED_KEY", "HF_")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's own settings (an exported NEXTCLOUD_URL, T2I_BACKEND, …), as httpx's suite does."""
+    for name in list(os.environ):
+        if name.startswith(_APP_VARIABLES):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.servers import ServerThread
-from text2image_hub.backends.remote import IONOS, RemoteAccount, RemoteLimits
+from text2image_hub.backends.presets import IONOS, RemoteAccount, RemoteLimits
 
 MODEL = "black-forest-labs/FLUX.1-schnell"
 OTHER_MODELS = ("meta-llama/Llama-3.3-70B-Instruct", "BAAI/bge-m3")

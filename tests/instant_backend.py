@@ -15,12 +15,12 @@ from text2image_hub.backends import (
     GenerationControl,
     LocalModelStatus,
     ModelInfo,
+    ProgressCallback,
     ResolvedRequest,
     StepRange,
 )
 from text2image_hub.errors import BackendUnavailableError, ConfigurationError, Text2ImageError
 from text2image_hub.imaging import ImageSize
-from text2image_hub.service import ProgressCallback
 
 SIZES = (ImageSize(256, 256), ImageSize(512, 512), ImageSize(1024, 1024), ImageSize(1024, 768))
 

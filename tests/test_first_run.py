@@ -27,7 +27,7 @@ from text2image_hub.app import create_app
 from text2image_hub.backends import Backend
 from text2image_hub.backends.catalog import FLUX_SCHNELL, SDXL_TURBO, LocalModelSpec
 from text2image_hub.backends.provisioning import LocalModels, ProgressCallback, load_local_backend
-from text2image_hub.backends.registry import Backends
+from text2image_hub.backends.registry import BackendRegistry
 from text2image_hub.errors import BackendUnavailableError
 from text2image_hub.settings import Settings, load_settings
 
@@ -62,14 +62,14 @@ class Hub:
 def real_backends(hub: Hub | None = None, loads: list[str] | None = None) -> Callable[..., Any]:
     """The app's own backends; ``hub`` replaces the network, ``loads`` records every model load."""
 
-    async def factory(settings: Settings) -> Backends:
+    async def factory(settings: Settings) -> BackendRegistry:
         async def load(spec: LocalModelSpec, folder: Path) -> Backend:
             if loads is not None:
                 loads.append(spec.id)
             return await load_local_backend(spec, folder, device=settings.torch_device, speedups=frozenset())
 
         models = LocalModels(settings, load=load) if hub is None else LocalModels(settings, load=load, fetch=hub.fetch)
-        return Backends(settings, local_models=models)
+        return BackendRegistry(settings, local_models=models)
 
     return factory
 

@@ -15,7 +15,7 @@ from tests.conftest import wait_until
 from tests.pngs import open_png
 from tests.tiny_models import save_tiny_sdxl
 from text2image_hub.app import default_backends
-from text2image_hub.backends.registry import Backends
+from text2image_hub.backends.registry import BackendRegistry
 from text2image_hub.settings import Settings
 
 pytestmark = [
@@ -57,10 +57,10 @@ def _heavy_step(_module: Any, _args: Any) -> None:
 
 
 def test_heartbeat_answers_quickly_while_a_task_renders(exapp, tiny_sdxl_dir):
-    made: list[Backends] = []
+    made: list[BackendRegistry] = []
 
-    async def factory(settings: Settings) -> Backends:
-        made.append(Backends(settings))
+    async def factory(settings: Settings) -> BackendRegistry:
+        made.append(BackendRegistry(settings))
         return made[0]
 
     exapp.backends_factory = factory

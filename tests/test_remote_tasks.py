@@ -14,8 +14,8 @@ from tests.instant_backend import InstantBackend
 from tests.pngs import open_png
 from text2image_hub.admin import RuntimeConfig
 from text2image_hub.backends import Backend
-from text2image_hub.backends.registry import Backends
-from text2image_hub.backends.remote import RemoteAccount
+from text2image_hub.backends.presets import RemoteAccount
+from text2image_hub.backends.registry import BackendRegistry
 from text2image_hub.errors import BackendUnavailableError, GpuOutOfMemoryError
 from text2image_hub.settings import Settings
 
@@ -24,7 +24,7 @@ FAILED = "STATUS_FAILED"
 TIME_SCALE = 60.0
 
 
-class ImitationBackends(Backends):
+class ImitationBackends(BackendRegistry):
     """The real backends, with the IONOS limits time-scaled like the imitation's and an optional local stand-in."""
 
     def __init__(self, settings: Settings, ionos: FakeIonos, local_backend: Backend | None = None) -> None:
@@ -51,7 +51,7 @@ def ionos():
 
 
 def _start(exapp, ionos: FakeIonos, local_backend: Backend | None = None, **environ: str):
-    async def factory(settings: Settings) -> Backends:
+    async def factory(settings: Settings) -> BackendRegistry:
         return ImitationBackends(settings, ionos, local_backend)
 
     exapp.backends_factory = factory
@@ -88,7 +88,9 @@ def test_bad_token_fails_with_a_message_naming_the_token(exapp, ionos, caplog):
     _save_token(nextcloud, "wrong-token-123456")
     task = nextcloud.wait_for_task(nextcloud.schedule({"input": "x", "numberOfImages": 2}), timeout=30)
     assert task["status"] == FAILED
-    assert task["userFacingErrorMessage"] == "The IONOS token was rejected: check the admin settings."
+    assert task["userFacingErrorMessage"].startswith(
+        "The IONOS image service refused this server's access: please ask your administrator"
+    )
     assert "wrong-token-123456" not in caplog.text
     assert "wrong-token-123456" not in nextcloud.admin_task(task["id"])["errorMessage"]
     assert all("wrong-token-123456" not in entry["message"] for entry in nextcloud.logs)

@@ -5,7 +5,7 @@ from tests.pngs import open_png
 from text2image_hub.admin import config_from_values
 from text2image_hub.backends import GenerationControl
 from text2image_hub.backends.catalog import FLUX_SCHNELL, SDXL_BASE, local_model
-from text2image_hub.backends.remote import IONOS, RemoteAccount
+from text2image_hub.backends.presets import IONOS, RemoteAccount
 from text2image_hub.errors import (
     BackendUnavailableError,
     GenerationCancelledError,

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ExAppRunner, wait_until
 from tests.instant_backend import StaticBackends
 from text2image_hub.admin import RuntimeConfig
-from text2image_hub.service import ProgressCallback
+from text2image_hub.backends import ProgressCallback
 from text2image_hub.supervision import Supervisor
 
 SUCCESS = "STATUS_SUCCESSFUL"

@@ -1,4 +1,7 @@
-"""Process entry: settings from the environment, logging, the app, and nc_py_api's ``run_app`` (TCP or HaRP socket)."""
+"""Process entry: settings from the environment, logging, the app, and nc_py_api's ``run_app`` (TCP or HaRP socket).
+
+The environment is read before anything imports nc_py_api, whose import runs ``load_dotenv()`` on a stray ``.env``.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,24 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from .admin import FIELD_IDS
-from .settings import Settings, load_settings
+from .settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("text2image_hub")
+
+PROBE_PATHS = frozenset({"/heartbeat", "/healthz", "/readyz", "/metrics"})
+"""Polled by the container health check, AppAPI and scrapers: not worth an access-log line each."""
+
+
+class ProbeFilter(logging.Filter):
+    """Drops uvicorn's access-log records of ``PROBE_PATHS`` (a 5 s health check is 17,280 lines a day)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        path = str(args[2]) if isinstance(args, tuple) and len(args) >= 3 else ""
+        return path.partition("?")[0] not in PROBE_PATHS
 
 
 def _standalone_api_key(settings: Settings) -> dict[str, str]:
@@ -30,13 +45,21 @@ def _standalone_api_key(settings: Settings) -> dict[str, str]:
     return {"api_keys": key}
 
 
-def main() -> None:
-    settings = load_settings(field_ids=FIELD_IDS)
+def main(environ: Mapping[str, str] | None = None) -> None:
+    environ = dict(os.environ if environ is None else environ)  # before nc_py_api's import-time load_dotenv()
+    from .admin import FIELD_IDS
+
+    try:
+        settings = load_settings(environ, FIELD_IDS)
+    except SettingsError as exc:
+        sys.exit(str(exc))
     logging.basicConfig(
-        level=settings.log_level.upper(),
+        level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("uvicorn.access").addFilter(ProbeFilter())
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the hub client's download bars on stderr
     if not settings.standalone and settings.app_secret is None:
         sys.exit(
             "APP_SECRET is not set: AppAPI passes it when it deploys the app (or unset NEXTCLOUD_URL to run "

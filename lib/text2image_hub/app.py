@@ -18,12 +18,13 @@ from nc_py_api.ex_app.ui.settings import SettingsForm
 from .admin import SENSITIVE_FIELDS, ConfigReader, settings_form
 from .api import ApiState, install_api
 from .auth import appapi_user
+from .backends import BackendSet
 from .errors import ConfigurationError, NextcloudUnavailableError, Text2ImageError
 from .journal import TaskJournal
 from .metrics import Metrics
 from .nextcloud import NextcloudGateway, NextcloudLogForwarder
 from .registration import Registration
-from .service import BackendSet, ImageService
+from .service import ImageService
 from .settings import Settings
 from .status import STANDALONE_HINT, setup_status
 from .supervision import Supervisor
@@ -50,6 +51,7 @@ class Hub:
     """Everything the routes use, built in the lifespan and handed to requests through the lifespan state."""
 
     settings: Settings
+    backends: BackendSet
     service: ImageService
     config: ConfigReader
     exapp: ExAppParts | None
@@ -95,9 +97,9 @@ def require_appapi(request: Request, hub: HubDep) -> str:
 
 
 async def default_backends(settings: Settings) -> BackendSet:
-    from .backends.registry import Backends  # imported late: remote-only installs never import the local backend
+    from .backends.registry import BackendRegistry  # imported late: remote-only installs never import the local backend
 
-    return Backends(settings)
+    return BackendRegistry(settings)
 
 
 def create_app(
@@ -121,12 +123,12 @@ def create_app(
         if gateway is not None:
             registration = Registration(gateway, functools.partial(_form, settings))
             journal = TaskJournal(settings.persistent_storage)
-            worker = TaskWorker(gateway, service, config, registration, journal, timing, metrics)
+            worker = TaskWorker(gateway, service, backend_set, config, registration, journal, timing, metrics)
             metrics.track_tasks_in_progress(lambda: worker.busy)
             exapp = ExAppParts(gateway, worker)
         api = ApiState.create(settings, metrics)
         supervisor = Supervisor()
-        hub = Hub(settings, service, config, exapp, api, supervisor)
+        hub = Hub(settings, backend_set, service, config, exapp, api, supervisor)
         supervisor.start("image-sweeper", api.run_sweeper)
         if settings.standalone:
             supervisor.start("warm-up", functools.partial(_warm_up, hub))
@@ -192,8 +194,8 @@ async def _warm_up(hub: Hub) -> None:
     except Text2ImageError as exc:
         logger.warning("not ready: %s. %s", exc, STANDALONE_HINT)
         return
-    await hub.service.backends.prepare(config, _quietly)
-    status = setup_status(config, hub.service.backends)
+    await hub.backends.prepare(config, _quietly)
+    status = setup_status(config, hub.backends)
     if status.usable:
         logger.info("ready: %s", status.text)
     else:
@@ -226,7 +228,7 @@ async def _initialize(hub: Hub, gateway: NextcloudGateway) -> None:
     except ConfigurationError as exc:
         logger.warning("init: %s (the admin can fix it in the settings form)", exc)
     else:
-        await hub.service.backends.prepare(config, progress)
+        await hub.backends.prepare(config, progress)
     try:
         await gateway.set_init_status(100)
     except NextcloudUnavailableError as exc:

@@ -142,7 +142,10 @@ class RemoteServiceError(GenerationError):
 
 class RemoteAuthError(RemoteServiceError):
     code = "REMOTE_AUTH_FAILED"
-    default_user_message = "The IONOS token was rejected: check the admin settings."
+    default_user_message = (
+        "The image service refused this server's access: please ask your administrator to check the remote "
+        "service token in the Text2Image Hub settings."
+    )
 
 
 class GenerationCancelledError(Text2ImageError):

@@ -163,9 +163,10 @@ class NextcloudGateway:
                 await self._guarded("appconfig_ex", self._nc.appconfig_ex.set_value(key, "", sensitive=True))
 
     async def log(self, level: int, message: str) -> None:
-        """Write to nextcloud.log (never raises: logging must not break the caller)."""
+        """Write to nextcloud.log at the stdlib ``logging`` ``level`` (never raises: logging must not break the
+        caller)."""
         try:
-            await self._nc.log(LogLvl(level), message, fast_send=True)
+            await self._nc.log(_nextcloud_level(level), message, fast_send=True)
         except _FAILURES:
             logger.debug("could not forward a log record to Nextcloud", exc_info=True)
 
@@ -174,6 +175,17 @@ class NextcloudGateway:
             session = getattr(self._nc._session, adapter, None)
             if session is not None:
                 await session.close()
+
+
+def _nextcloud_level(level: int) -> LogLvl:
+    """The nextcloud.log level of a stdlib ``logging`` level."""
+    if level >= logging.CRITICAL:
+        return LogLvl.FATAL
+    if level >= logging.ERROR:
+        return LogLvl.ERROR
+    if level >= logging.WARNING:
+        return LogLvl.WARNING
+    return LogLvl.INFO if level >= logging.INFO else LogLvl.DEBUG
 
 
 class NextcloudLogForwarder(logging.Handler):
@@ -186,9 +198,10 @@ class NextcloudLogForwarder(logging.Handler):
         self._queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue(maxsize=capacity)
 
     def emit(self, record: logging.LogRecord) -> None:
-        level = 4 if record.levelno >= logging.CRITICAL else 3
-        message = f"{record.name}: {record.getMessage()}"
-        self._loop.call_soon_threadsafe(self._offer, level, message)
+        try:
+            self._loop.call_soon_threadsafe(self._offer, record.levelno, f"{record.name}: {record.getMessage()}")
+        except RuntimeError:  # the loop is closed (the app is stopping): as stdlib handlers do
+            self.handleError(record)
 
     def _offer(self, level: int, message: str) -> None:
         with contextlib.suppress(asyncio.QueueFull):  # a flood of errors must not grow memory without bound

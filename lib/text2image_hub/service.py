@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from .admin import RuntimeConfig
-from .backends import MAX_IMAGES, Backend, BackendSet, GenerationControl, ModelInfo, ProgressCallback, ResolvedRequest
+from .backends import MAX_IMAGES, Backend, BackendSet, GenerationControl, ModelInfo, ResolvedRequest
 from .errors import (
     BackendBusyError,
     BackendUnavailableError,
@@ -28,8 +28,6 @@ from .errors import (
 )
 from .imaging import ImageSize, Provenance, encode_png, sizes_text
 from .metrics import Metrics
-
-__all__ = ["BackendSet", "GenerationResult", "ImageRequest", "ImageService", "ProgressCallback", "RenderedImage"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +81,6 @@ class ImageService:
         self._backends = backends
         self._app_version = app_version
         self._metrics = metrics or Metrics()
-
-    @property
-    def backends(self) -> BackendSet:
-        return self._backends
 
     async def models(self, config: RuntimeConfig) -> list[ModelInfo]:
         """The models usable with this config, the primary (the one tasks use) first."""

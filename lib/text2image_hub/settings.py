@@ -3,6 +3,9 @@
 AppAPI's variables keep their names (``APP_ID``, ``APP_SECRET``, ``NEXTCLOUD_URL``, …); ours start with ``T2I_``.
 Environment defaults for the admin settings (``T2I_BACKEND``, ``T2I_REMOTE_API_KEY``, …) are collected into
 ``config_defaults`` and used until an admin saves a value (see ``admin.py``).
+
+``load_settings`` builds them from the mapping it is given and nothing else: pydantic-settings' own sources (the
+process environment, ``.env`` files) are switched off, so a test or a stray exported variable cannot leak in.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from . import app_version
+from .backends.catalog import check_speedups
+from .errors import ConfigurationError
 
 ComputeDevice = Literal["CPU", "CUDA", "ROCM"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
@@ -36,16 +42,36 @@ class Settings(BaseSettings):
     poll_interval: float = Field(5.0, gt=0, le=3600, validation_alias="T2I_POLL_INTERVAL")
     local_speedups: str = Field("", validation_alias="T2I_LOCAL_SPEEDUPS")
     image_ttl: int = Field(3600, ge=60, validation_alias="T2I_IMAGE_TTL")
-    log_level: str = Field("INFO", validation_alias="T2I_LOG_LEVEL")
+    log_level: LogLevel = Field("INFO", validation_alias="T2I_LOG_LEVEL")
     nextcloud_timeout: float = Field(30.0, gt=0, validation_alias="T2I_NEXTCLOUD_TIMEOUT")
 
     config_defaults: Mapping[str, str] = Field(default_factory=dict)
     """Environment defaults of the admin settings, by field id (``T2I_<FIELD>``)."""
 
-    @field_validator("compute_device", mode="before")
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # only what load_settings passes: never os.environ or a .env file
+
+    @field_validator("compute_device", "log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("local_speedups")
+    @classmethod
+    def _known_speedups(cls, value: str) -> str:
+        try:
+            check_speedups(value.split(","))
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("model_path", "nextcloud_url", mode="before")
     @classmethod
@@ -82,7 +108,10 @@ class Settings(BaseSettings):
 
 
 def load_settings(environ: Mapping[str, str] | None = None, field_ids: tuple[str, ...] = ()) -> Settings:
-    """Build the settings from ``environ`` (default ``os.environ``), with ``T2I_<FIELD>`` defaults for ``field_ids``."""
+    """Build the settings from ``environ`` (default ``os.environ``), with ``T2I_<FIELD>`` defaults for ``field_ids``.
+
+    An invalid value raises ``SettingsError`` with one line naming the variable.
+    """
     env = dict(os.environ if environ is None else environ)
     upper_env = {key.upper(): value for key, value in env.items()}
     defaults = {field: upper_env[f"T2I_{field.upper()}"] for field in field_ids if f"T2I_{field.upper()}" in upper_env}
@@ -90,4 +119,13 @@ def load_settings(environ: Mapping[str, str] | None = None, field_ids: tuple[str
         field.validation_alias for field in Settings.model_fields.values() if isinstance(field.validation_alias, str)
     }
     values: dict[str, object] = {key: value for key, value in upper_env.items() if key in names}
-    return Settings.model_validate({**values, "config_defaults": defaults})
+    try:
+        return Settings.model_validate({**values, "config_defaults": defaults})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "?"
+        raise SettingsError(f"Invalid environment variable {name}: {first['msg']}") from None
+
+
+class SettingsError(ValueError):
+    """A deploy-time setting is invalid; the message is one line naming the variable."""

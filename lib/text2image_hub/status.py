@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .admin import RuntimeConfig
+from .backends import BackendSet
 from .errors import ConfigurationError
-from .service import BackendSet
 
 STANDALONE_HINT = (
     "To make images: set T2I_MODEL_PATH to a diffusers model folder, run `make tiny-model` for a tiny test model, "

@@ -29,7 +29,7 @@ from typing import Protocol, TypeVar
 from nc_py_api.ex_app.providers.task_processing import TaskProcessingProvider
 
 from .admin import ConfigReader, RuntimeConfig
-from .backends import GenerationControl
+from .backends import BackendSet, GenerationControl
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -57,8 +57,6 @@ GIVEN_UP_MESSAGE = (
     "size, or ask your administrator."
 )
 UNDELIVERED_MESSAGE = "Your image was made, but the server could not store it in time. Please try again."
-NEXTCLOUD_LOG_WARNING = 2
-NEXTCLOUD_LOG_ERROR = 3
 
 
 class TaskGateway(Protocol):
@@ -76,7 +74,9 @@ class TaskGateway(Protocol):
 
     async def enabled(self) -> bool: ...
 
-    async def log(self, level: int, message: str) -> None: ...
+    async def log(self, level: int, message: str) -> None:
+        """Write to nextcloud.log; ``level`` is a stdlib ``logging`` level."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,7 @@ class TaskWorker:
         self,
         gateway: TaskGateway,
         service: ImageService,
+        backends: BackendSet,
         config: ConfigReader,
         registration: Registration,
         journal: TaskJournal,
@@ -133,6 +134,7 @@ class TaskWorker:
         self._gateway = gateway
         self._metrics = metrics or Metrics()
         self._service = service
+        self._backends = backends
         self._config = config
         self._timing = timing or WorkerTiming()
         self._registration = registration
@@ -253,8 +255,8 @@ class TaskWorker:
         except ConfigurationError as exc:
             status = SetupStatus(False, exc.code, str(exc))
         else:
-            await self._service.backends.prepare(config)
-            status = setup_status(config, self._service.backends)
+            await self._backends.prepare(config)
+            status = setup_status(config, self._backends)
         await self._note(status)
         await self._registration.sync(await self._declaration(config), status.text, enabling=enabling)
         return config
@@ -268,7 +270,7 @@ class TaskWorker:
             logger.info("ready: %s", status.text)
         else:
             logger.warning("not ready: %s", status.text)
-            await self._gateway.log(NEXTCLOUD_LOG_WARNING, f"Text2Image Hub is not ready: {status.text}")
+            await self._gateway.log(logging.WARNING, f"Text2Image Hub is not ready: {status.text}")
 
     async def _declaration(self, config: RuntimeConfig | None) -> TaskProcessingProvider:
         if config is None:
@@ -330,7 +332,7 @@ class TaskWorker:
             await progress.stop()
             logger.warning("task %d failed: %s", entry.task_id, exc)
             if isinstance(exc, ConfigurationError):
-                await self._gateway.log(NEXTCLOUD_LOG_ERROR, str(exc))
+                await self._gateway.log(logging.ERROR, str(exc))
             await self._fail(entry, str(exc), exc.user_message)
         except asyncio.CancelledError:
             progress.abandon()

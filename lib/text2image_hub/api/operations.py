@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..errors import Text2ImageError
 from ..status import setup_status
-from .state import ApiHub
+from .access import hub_of
 
 router = APIRouter(tags=["operations"])
 
@@ -32,7 +32,7 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "Not ready (model loading, backend missing, or configuration invalid)."}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    hub: ApiHub = request.state.hub
+    hub = hub_of(request)
     try:
         config = await asyncio.wait_for(hub.config.load(), READINESS_WAIT)
     except TimeoutError:
@@ -40,7 +40,7 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "not ready", "reason": "NEXTCLOUD_UNAVAILABLE", "detail": detail}, 503)
     except Text2ImageError as exc:
         return JSONResponse({"status": "not ready", "reason": exc.code, "detail": str(exc)}, status_code=503)
-    status = setup_status(config, hub.service.backends)
+    status = setup_status(config, hub.backends)
     body: dict[str, object] = {"backend": config.backend, "detail": status.text}
     if status.percent is not None:
         body["progress"] = status.percent
@@ -49,7 +49,7 @@ async def readyz(request: Request) -> JSONResponse:
     problem = hub.worker_problem()
     if problem is not None:
         return JSONResponse({"status": "not ready", "reason": "WORKER_NOT_RUNNING", **body, "detail": problem}, 503)
-    if not await hub.service.backends.ready(config):
+    if not await hub.backends.ready(config):
         return JSONResponse({"status": "not ready", "reason": "BACKEND_NOT_READY", **body}, status_code=503)
     return JSONResponse({"status": "ready", **body})
 
@@ -61,6 +61,6 @@ async def readyz(request: Request) -> JSONResponse:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Text format 0.0.4."}},
 )
 async def metrics(request: Request) -> Response:
-    hub: ApiHub = request.state.hub
+    hub = hub_of(request)
     body, content_type = hub.api.metrics.render()
     return Response(body, media_type=content_type)

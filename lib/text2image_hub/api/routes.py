@@ -160,7 +160,7 @@ async def _generate(asked: ImageRequest, context: ApiContext, *, use_cache: bool
     try:
         result = await context.hub.service.generate(asked, context.config)
     except (ConfigurationError, BackendUnavailableError) as exc:
-        status = setup_status(context.config, context.hub.service.backends)
+        status = setup_status(context.config, context.hub.backends)
         if context.hub.settings.standalone and not status.usable and status.code != "MODEL_DOWNLOADING":
             # standalone, the setup is the operator's own: say what is missing and how to fix it
             raise BackendUnavailableError(str(exc), user_message=f"{status.text}. {STANDALONE_HINT}") from exc

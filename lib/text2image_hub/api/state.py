@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..admin import ConfigReader
+from ..backends import BackendSet
 from ..metrics import Metrics
 from ..service import ImageService
 from ..settings import Settings
@@ -43,6 +44,9 @@ class ApiHub(Protocol):
 
     @property
     def settings(self) -> Settings: ...
+
+    @property
+    def backends(self) -> BackendSet: ...
 
     @property
     def service(self) -> ImageService: ...

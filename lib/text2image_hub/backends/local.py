@@ -86,6 +86,20 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def _route_library_logging() -> None:
+    """diffusers and transformers log to stderr through handlers of their own and draw progress bars: route them
+    through the app's logging instead, at ERROR (their warnings are for developers: "kept in float32", "install
+    torchvision", …), with no bars. Called at the first load, not at import."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_default_handler()
+        library.enable_propagation()
+        library.disable_progress_bar()
+        library.set_verbosity_error()
+
+
 def _variant_on_disk(model_dir: Path, variant: str | None) -> str | None:
     """The spec's variant when its files are there (hub downloads); ``None`` for plain ``save_pretrained`` folders."""
     if variant is None:
@@ -299,6 +313,7 @@ class LocalBackend:
         max_batch: int | None,
         prepare: Callable[[torch.device, frozenset[str]], tuple[Any, bool]],
     ) -> LocalBackend:
+        _route_library_logging()
         chosen = check_speedups(speedups)
         target = resolve_device(device)
         if "fp8" in chosen:

@@ -27,13 +27,12 @@ from pathlib import Path
 from ..admin import RuntimeConfig
 from ..errors import BackendUnavailableError, ConfigurationError, Text2ImageError
 from ..settings import Settings
-from . import Backend, LocalModelStatus, ModelState
+from . import Backend, LocalModelStatus, ModelState, ProgressCallback
 from .catalog import LocalModelSpec, default_local_model, local_model, model_for_folder
 from .weights import download_weights, folder_classes, weights_dir, weights_present
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int], Awaitable[None]]
 Fetcher = Callable[[LocalModelSpec, Path, ProgressCallback], Awaitable[None]]
 Loader = Callable[[LocalModelSpec, Path], Awaitable[Backend]]
 RETRY_AFTER = 600.0

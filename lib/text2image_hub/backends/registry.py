@@ -1,4 +1,5 @@
-"""The app's backends: the warm local pipeline (loaded once, imported only when used) and the remote pool."""
+"""The app's backends: the configured local model (``provisioning.LocalModels``: imported only when used) and one
+remote backend per account (``RemoteBackendPool``: the task worker and /v1 share its rate limiter)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import contextlib
 import logging
 import time
 
+import httpx2
+
 from ..admin import RuntimeConfig
 from ..errors import ConfigurationError, Text2ImageError
 from ..settings import Settings
-from . import Backend, ModelInfo
-from .provisioning import LocalModels, LocalModelStatus, ProgressCallback
-from .remote import RemoteAccount, RemoteBackend, RemoteBackendPool, preset, remote_http_client
+from . import Backend, ModelInfo, ProgressCallback
+from .presets import RemoteAccount, preset
+from .provisioning import LocalModels, LocalModelStatus
+from .remote import RemoteBackend, RetryPolicy, remote_http_client
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +26,29 @@ PROBE_WAIT = 0.9
 """Seconds a readiness check waits for a running probe."""
 
 
-class Backends:
+class RemoteBackendPool:
+    """One ``RemoteBackend`` (and so one rate limiter) per account, shared by the task worker and the /v1 API."""
+
+    def __init__(self, http: httpx2.AsyncClient, *, retry: RetryPolicy | None = None) -> None:
+        self._http = http
+        self._retry = retry
+        self._backends: dict[tuple[str, str, str], RemoteBackend] = {}
+
+    def backend_for(self, account: RemoteAccount) -> RemoteBackend:
+        """The backend for ``account``; the same one (same limiter) while URL, model and token stay the same."""
+        key = account.key
+        existing = self._backends.get(key)
+        if existing is not None and existing.account == account:
+            return existing
+        backend = RemoteBackend(account, self._http, retry=self._retry)
+        self._backends[key] = backend
+        return backend
+
+    async def aclose(self) -> None:
+        self._backends.clear()
+
+
+class BackendRegistry:
     """A ``service.BackendSet`` over the real backends."""
 
     def __init__(self, settings: Settings, *, local_models: LocalModels | None = None) -> None:

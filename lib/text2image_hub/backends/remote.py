@@ -1,7 +1,5 @@
-"""The remote backend: an OpenAI-compatible ``/images/generations`` client with presets (IONOS, OpenAI, custom).
+"""The remote backend: an OpenAI-compatible ``/images/generations`` client for one ``RemoteAccount`` (presets.py).
 
-``RemotePreset`` says what a service accepts (sizes, prompt length, images per request, whether a seed may be sent)
-and its published limits; ``RemoteAccount`` is one admin configuration of it (URL, token, model, limits).
 ``RemoteBackend`` turns a ``ResolvedRequest`` into single-image (or ``max_images_per_request``-image) HTTP calls
 run concurrently behind a shared ``RateLimiter``, retries what is worth retrying and maps the rest onto the error
 tree:
@@ -13,12 +11,12 @@ tree:
   on the same token): the retry pays again and queues;
 - 5xx, timeouts, connection errors → bounded retries with exponential backoff and jitter, then
   ``RemoteServiceError`` (5xx) or ``BackendUnavailableError`` (unreachable / no answer);
-- 401 / 403 → ``RemoteAuthError`` ("The IONOS token was rejected: check the admin settings.");
+- 401 / 403 → ``RemoteAuthError`` (the user is asked to have the administrator check the token);
 - any other 4xx, or a 200 whose images are missing, undecodable or of the wrong size → ``RemoteServiceError``.
 
-``RemoteBackendPool`` hands out one backend per account (base URL + model + SHA-256 of the token) so the task worker
-and the ``/v1`` API share one limiter. The token lives in a ``SecretStr`` and is never put in a log line, an error
-message or a repr; error details quoted from the server are scrubbed of it too.
+``registry.RemoteBackendPool`` hands out one backend per account (base URL + model + SHA-256 of the token) so the
+task worker and the ``/v1`` API share one limiter. The token lives in a ``SecretStr`` and is never put in a log line,
+an error message or a repr; error details quoted from the server are scrubbed of it too.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import io
 import json
 import logging
@@ -37,11 +34,9 @@ from email.utils import parsedate_to_datetime
 
 import httpx2
 from PIL import Image, UnidentifiedImageError
-from pydantic import SecretStr
 
 from ..errors import (
     BackendUnavailableError,
-    ConfigurationError,
     RemoteAuthError,
     RemoteBusyError,
     RemoteServiceError,
@@ -49,223 +44,14 @@ from ..errors import (
 from ..imaging import ImageSize
 from ..ratelimit import RateLimiter
 from . import MAX_IMAGES, GeneratedImage, GenerationControl, ModelInfo, ResolvedRequest
+from .presets import RemoteAccount
 
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 30 * 1024 * 1024  # one downloaded or decoded image
 MAX_ERROR_BODY_BYTES = 64 * 1024  # what we read of an error answer
-UNLIMITED_CONCURRENCY = 8  # images in flight at once for a service without a client-side limit (OpenAI's)
 _DETAIL_CHARS = 300
 _CANCEL_POLL_SECONDS = 0.25
-# How much later than our limiter the service may count a request (network, its queue): the limiter keeps this much
-# of the image rate in reserve. 0.1 s is 1/60 image at IONOS's 10 images/min: free in throughput.
-CLOCK_SKEW_SECONDS = 0.1
-
-
-def _sizes(*texts: str) -> tuple[ImageSize, ...]:
-    return tuple(ImageSize.parse(text) for text in texts)
-
-
-@dataclass(frozen=True)
-class RemotePreset:
-    """What one kind of remote service accepts and allows; the admin picks one and may override URL/model/limits."""
-
-    id: str
-    provider: str  # shown to users: "The <provider> token was rejected…"
-    base_url: str
-    model: str
-    sizes: tuple[ImageSize, ...]
-    default_size: ImageSize
-    max_prompt_length: int | None
-    max_images_per_request: int
-    images_per_minute: float | None
-    burst: int | None
-    requests_per_second: float | None
-    accepts_seed: bool = False  # send "seed" only where the service is known to accept it
-    response_format: str | None = None  # sent only when set; None: send nothing, accept b64_json and url
-    seconds_per_image: float = 5.0  # typical service time, for the provider's expected runtime
-    license: str = ""
-
-
-# IONOS AI Model Hub, FLUX.1-schnell. Verified from IONOS's documentation: the base URL, the model id, "size" in
-# the request (their example uses 1024x1024), answers in data[].b64_json, 10 images/min with bursts of 20 per
-# contract, prompts up to 256 characters, 401 with an IONOS-shaped body for a bad token, 429 when over the limit;
-# from our notes (DESIGN.md §5): n > 1 is rejected, 5 requests/s. ASSUMED (not documented by IONOS): the size list
-# below (FLUX.1-schnell renders any multiple of 32 up to ~1.5 MP; these are the usual square / 4:3 / 16:9 sizes),
-# and that "seed" and "response_format" may be unknown to the service, so neither is sent.
-IONOS = RemotePreset(
-    id="ionos",
-    provider="IONOS",
-    base_url="https://openai.inference.de-txl.ionos.com/v1",
-    model="black-forest-labs/FLUX.1-schnell",
-    sizes=_sizes("1024x1024", "768x768", "512x512", "1024x768", "768x1024", "1280x720", "720x1280"),
-    default_size=ImageSize(1024, 1024),
-    max_prompt_length=256,
-    max_images_per_request=1,
-    images_per_minute=10,
-    burst=20,
-    requests_per_second=5,
-    accepts_seed=False,
-    response_format=None,
-    seconds_per_image=6.0,
-    license="apache-2.0",
-)
-
-# OpenAI. The GPT image models answer 1024x1024, 1536x1024 and 1024x1536, take prompts up to 32,000 characters and
-# n from 1 to 10, and always answer base64 (they reject "response_format", so it is not sent). OpenAI's reference
-# lists gpt-image-1 and dall-e-3 as shut down / retired in 2026, hence gpt-image-1.5 by default (the admin may pick
-# another model; its limits then are the admin's). No client-side image limit: OpenAI's limits depend on the
-# account's tier, and its 429s carry Retry-After, which we honour.
-OPENAI = RemotePreset(
-    id="openai",
-    provider="OpenAI",
-    base_url="https://api.openai.com/v1",
-    model="gpt-image-1.5",
-    sizes=_sizes("1024x1024", "1536x1024", "1024x1536"),
-    default_size=ImageSize(1024, 1024),
-    max_prompt_length=32_000,
-    max_images_per_request=10,
-    images_per_minute=None,
-    burst=None,
-    requests_per_second=None,
-    accepts_seed=False,
-    response_format=None,
-    seconds_per_image=20.0,
-)
-
-# Any other OpenAI-compatible server: URL, model and limits come from the admin; one image per request always works.
-CUSTOM = RemotePreset(
-    id="custom",
-    provider="image service",
-    base_url="",
-    model="",
-    sizes=_sizes("1024x1024", "768x768", "512x512", "1024x768", "768x1024", "1280x720", "720x1280"),
-    default_size=ImageSize(1024, 1024),
-    max_prompt_length=None,
-    max_images_per_request=1,
-    images_per_minute=None,
-    burst=None,
-    requests_per_second=None,
-    accepts_seed=False,
-    response_format=None,
-    seconds_per_image=10.0,
-)
-
-PRESETS: tuple[RemotePreset, ...] = (IONOS, OPENAI, CUSTOM)
-
-
-def preset(preset_id: str) -> RemotePreset:
-    """The preset called ``preset_id`` (``ionos``, ``openai``, ``custom``); else a ``ConfigurationError``."""
-    for candidate in PRESETS:
-        if candidate.id == preset_id:
-            return candidate
-    raise ConfigurationError(
-        f"Unknown remote service preset {preset_id[:40]!r}: choose one of {', '.join(p.id for p in PRESETS)}.",
-        field="remote_preset",
-    )
-
-
-@dataclass(frozen=True)
-class RemoteLimits:
-    """Client-side limits for one account; None means "no limit"."""
-
-    images_per_minute: float | None
-    burst: int | None
-    requests_per_second: float | None
-    max_prompt_length: int | None
-    max_images_per_request: int
-
-    @classmethod
-    def of(cls, source: RemotePreset) -> RemoteLimits:
-        return cls(
-            images_per_minute=source.images_per_minute,
-            burst=source.burst,
-            requests_per_second=source.requests_per_second,
-            max_prompt_length=source.max_prompt_length,
-            max_images_per_request=source.max_images_per_request,
-        )
-
-
-@dataclass(frozen=True)
-class RemoteAccount:
-    """One configured remote service: built by the config code from the admin settings (``from_preset``)."""
-
-    preset: RemotePreset
-    base_url: str
-    api_key: SecretStr
-    model: str
-    limits: RemoteLimits
-    sizes: tuple[ImageSize, ...] = ()  # empty: the preset's
-
-    @classmethod
-    def from_preset(
-        cls,
-        source: RemotePreset,
-        api_key: SecretStr | str,
-        *,
-        base_url: str = "",
-        model: str = "",
-        images_per_minute: float | None = None,
-        burst: int | None = None,
-        sizes: tuple[ImageSize, ...] = (),
-    ) -> RemoteAccount:
-        """The preset with the admin's overrides (empty / None / 0: the preset's value); checks what is required."""
-        key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-        url = (base_url.strip() or source.base_url).rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise ConfigurationError(
-                f"The remote service URL is {'missing' if not url else 'not an http(s) URL'}: set remote_base_url.",
-                field="remote_base_url",
-            )
-        chosen_model = model.strip() or source.model
-        if not chosen_model:
-            raise ConfigurationError("The remote model is missing: set remote_model.", field="remote_model")
-        if not key.get_secret_value() and source.id != "custom":
-            raise ConfigurationError(
-                f"The {source.provider} token is missing: set remote_api_key.", field="remote_api_key"
-            )
-        defaults = RemoteLimits.of(source)
-        rate = images_per_minute or defaults.images_per_minute
-        limits = RemoteLimits(
-            images_per_minute=rate,
-            burst=burst or defaults.burst or (1 if rate else None),
-            requests_per_second=defaults.requests_per_second,
-            max_prompt_length=defaults.max_prompt_length,
-            max_images_per_request=defaults.max_images_per_request,
-        )
-        return cls(preset=source, base_url=url, api_key=key, model=chosen_model, limits=limits, sizes=sizes)
-
-    @property
-    def supported_sizes(self) -> tuple[ImageSize, ...]:
-        return self.sizes or self.preset.sizes
-
-    def model_info(self) -> ModelInfo:
-        """What the service accepts, as ``resolve`` checks it: no steps, guidance or negative prompt; a seed only
-        where the preset is known to take one."""
-        sizes = self.supported_sizes
-        default_size = self.preset.default_size if self.preset.default_size in sizes else sizes[0]
-        rate = self.limits.images_per_minute
-        return ModelInfo(
-            id=self.model,
-            backend="remote",
-            sizes=sizes,
-            default_size=default_size,
-            steps=None,
-            default_guidance=None,
-            supports_negative_prompt=False,
-            seconds_per_image=max(self.preset.seconds_per_image, 60.0 / rate if rate else 0.0),
-            max_guidance=0.0,
-            accepts_seed=self.preset.accepts_seed,
-            max_prompt_length=self.limits.max_prompt_length,
-            concurrency=self.limits.burst or UNLIMITED_CONCURRENCY,
-            license=self.preset.license if self.model == self.preset.model else "",
-        )
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """What identifies the account's shared limits: base URL, model and the token's SHA-256 (never the token)."""
-        digest = hashlib.sha256(self.api_key.get_secret_value().encode()).hexdigest()
-        return (self.base_url, self.model, digest)
 
 
 @dataclass(frozen=True)
@@ -316,7 +102,7 @@ class RemoteBackend:
     ) -> None:
         self._account = account
         self._http = http
-        self._limiter = limiter if limiter is not None else limiter_for(account.limits)
+        self._limiter = limiter if limiter is not None else account.limits.new_limiter()
         self._retry = retry if retry is not None else RetryPolicy()
         self._rng = rng if rng is not None else random.Random()  # jitter, not secrets  # noqa: S311
         self._model = account.model_info()
@@ -517,17 +303,14 @@ class RemoteBackend:
                             retry_after=delay,
                         )
                     logger.info("%s answered 429; every request waits %.3f s", self._where(), delay)
-                    if self._image_budget_behind(server_delay):
-                        self._limiter.penalize(delay)
-                        charge, priority = images, False
-                    else:
-                        self._limiter.penalize(delay, images=self._shortfall(delay))
-                        charge, priority = 0, True
+                    pays_again = self._limiter.refused(server_delay, delay)
+                    charge, priority = (images, False) if pays_again else (0, True)
                     continue
                 if answer.status in (401, 403):
                     raise RemoteAuthError(
                         f"{self._where()} rejected the token (HTTP {answer.status}): {self._detail(answer)}",
-                        user_message=f"The {self._account.preset.provider} token was rejected: check the admin "
+                        user_message=f"The {self._account.preset.provider} image service refused this server's access: "
+                        "please ask your administrator to check the remote service token in the Text2Image Hub "
                         "settings.",
                     )
                 if answer.status < 500:
@@ -545,25 +328,6 @@ class RemoteBackend:
             logger.warning("%s: %s; retrying in %.1f s", self._where(), failure, delay)
             charge, priority = images, False  # the service may have counted the failed attempt
             await asyncio.sleep(delay)
-
-    def _image_budget_behind(self, retry_after: float | None) -> bool:
-        """Whether a 429 says the service counts images we did not (another client on the same token, a stricter
-        limit): a wait of at least one image interval, or none given. Then the retry pays for its images again and
-        queues like any request, which brings our bucket down towards the service's.
-
-        A shorter wait is the request rate, or our bucket running a little ahead of the service's (network jitter
-        between our clock and its): the images this call took still stand for it, ``_shortfall`` trims our bucket
-        by what the service still lacked, and the retry goes first once the wait is over.
-        """
-        rate = self._limiter.images_per_minute
-        if retry_after is None or rate is None:
-            return True
-        return retry_after >= 60.0 / rate
-
-    def _shortfall(self, retry_after: float) -> float:
-        """The images the service lacked, read from its short ``Retry-After`` (one image per interval)."""
-        rate = self._limiter.images_per_minute
-        return retry_after * rate / 60.0 if rate is not None else 0.0
 
     async def _acquire(self, images: int, control: GenerationControl | None, *, priority: bool = False) -> bool:
         """Wait for the limiter; False (nothing taken) if the user cancels meanwhile."""
@@ -648,40 +412,6 @@ class _Progress:
         self.control.report_progress(self.done / self.total)
 
 
-class RemoteBackendPool:
-    """One ``RemoteBackend`` (and so one rate limiter) per account, shared by the task worker and the /v1 API."""
-
-    def __init__(self, http: httpx2.AsyncClient, *, retry: RetryPolicy | None = None) -> None:
-        self._http = http
-        self._retry = retry
-        self._backends: dict[tuple[str, str, str], RemoteBackend] = {}
-
-    def backend_for(self, account: RemoteAccount) -> RemoteBackend:
-        """The backend for ``account``; the same one (same limiter) while URL, model and token stay the same."""
-        key = account.key
-        existing = self._backends.get(key)
-        if existing is not None and existing.account == account:
-            return existing
-        limiter = None
-        if existing is not None and existing.account.limits == account.limits:
-            limiter = existing.limiter  # e.g. only the size list changed: keep the budget already spent
-        backend = RemoteBackend(account, self._http, limiter=limiter, retry=self._retry)
-        self._backends[key] = backend
-        return backend
-
-    async def aclose(self) -> None:
-        self._backends.clear()
-
-
-def limiter_for(limits: RemoteLimits) -> RateLimiter:
-    return RateLimiter(
-        images_per_minute=limits.images_per_minute,
-        burst=limits.burst,
-        requests_per_second=limits.requests_per_second,
-        skew=CLOCK_SKEW_SECONDS,
-    )
-
-
 async def _read_capped(response: httpx2.Response, cap: int, where: str, *, truncate: bool = False) -> bytes:
     """Read at most ``cap`` bytes of the body: more is a ``RemoteServiceError`` (or cut off when ``truncate``)."""
     declared = response.headers.get("content-length")
@@ -743,19 +473,3 @@ def _error_detail(body: bytes) -> str:
 def _shorten(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
-
-
-__all__ = [
-    "CUSTOM",
-    "IONOS",
-    "OPENAI",
-    "PRESETS",
-    "RemoteAccount",
-    "RemoteBackend",
-    "RemoteBackendPool",
-    "RemoteLimits",
-    "RemotePreset",
-    "RetryPolicy",
-    "preset",
-    "remote_http_client",
-]
