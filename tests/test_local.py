@@ -23,7 +23,8 @@ from tests.tiny_models import (
     tiny_sdxl_spec,
 )
 from text2image_hub.backends import GeneratedImage, GenerationControl, ResolvedRequest
-from text2image_hub.backends.local import LocalBackend, resolve_device
+from text2image_hub.backends.local import LocalBackend
+from text2image_hub.backends.placement import resolve_device
 from text2image_hub.errors import (
     BackendUnavailableError,
     ConfigurationError,

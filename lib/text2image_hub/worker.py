@@ -6,9 +6,9 @@ inside one boundary that always ends it SUCCESSFUL or FAILED (with an admin and 
 user cancelled or deleted it; on start-up, the journal's tasks are done again or reported FAILED.
 
 A task frees its slot when its images are made, so the next one is claimed while it uploads and reports. Progress
-is sent at most about once a second while the image is made, never after the result is reported. When Nextcloud is
-unreachable or in maintenance the worker backs off; results are kept and retried until the delivery deadline, and
-an outcome that could not be delivered stays in the journal until Nextcloud answers again.
+is sent while the image is made (``progress.py``), never after the result is reported; results are delivered with
+retries until the delivery deadline, and an outcome that could not be delivered stays in the journal until
+Nextcloud answers again (``delivery.py``). When Nextcloud is unreachable or in maintenance the loop backs off.
 
 Shutdown fits ``docker stop`` (SIGKILL 10 s after SIGTERM): claiming stops at once, tasks get ``shutdown_grace``
 seconds to finish, the others stop at their next step and stay in the journal for the next start. Disabling the
@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Protocol
 
 from nc_py_api.ex_app.providers.task_processing import TaskProcessingProvider
 
 from .admin import ConfigReader, RuntimeConfig
 from .backends import BackendSet, GenerationControl
+from .delivery import Backoff, Delivery
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -40,14 +39,14 @@ from .errors import (
 )
 from .journal import JournalEntry, TaskJournal
 from .metrics import Metrics
-from .nextcloud import STATUS_CANCELLED, STATUS_GONE, ClaimedTask
+from .nextcloud import ClaimedTask
+from .progress import ProgressReporter
 from .provider import PROVIDER_ID, TaskInput, provider_declaration, unconfigured_model
 from .registration import Registration
 from .service import GenerationResult, ImageRequest, ImageService
 from .status import SetupStatus, setup_status
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 INTERNAL_ERROR_MESSAGE = "The image could not be generated because of an internal error. Please try again later."
 RESTART_MESSAGE = "The image service restarted before your image was ready. Please try again."
@@ -56,7 +55,6 @@ GIVEN_UP_MESSAGE = (
     "This image could not be generated: the image service stopped each time it tried. Please try another prompt or "
     "size, or ask your administrator."
 )
-UNDELIVERED_MESSAGE = "Your image was made, but the server could not store it in time. Please try again."
 
 
 class TaskGateway(Protocol):
@@ -95,23 +93,6 @@ class WorkerTiming:
     """Generations started for one task before it is given up (a task that takes the process down each time)."""
 
 
-class _Backoff:
-    def __init__(self, timing: WorkerTiming) -> None:
-        self._timing = timing
-        self.delay = 0.0
-
-    def next(self) -> float:
-        self.delay = min(self._timing.backoff_max, max(self._timing.backoff_initial, self.delay * 2))
-        return self.delay
-
-    def reset(self) -> None:
-        self.delay = 0.0
-
-
-class _Abandoned(Exception):
-    """Nextcloud did not take a delivery before the deadline (the outcome stays in the journal)."""
-
-
 @dataclass
 class _Job:
     control: GenerationControl
@@ -139,6 +120,7 @@ class TaskWorker:
         self._timing = timing or WorkerTiming()
         self._registration = registration
         self._journal = journal
+        self._delivery = Delivery(gateway, journal, self._timing)
         self._status: SetupStatus | None = None
         self._wake = asyncio.Event()
         self._enabled: bool | None = None  # None: ask Nextcloud (AppAPI does not call /enabled after a restart)
@@ -179,7 +161,7 @@ class TaskWorker:
 
     # --- the loop -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        backoff = _Backoff(self._timing)
+        backoff = Backoff(self._timing)
         outage_logged = False
         while not self._stopping:
             try:
@@ -208,8 +190,8 @@ class TaskWorker:
         if not self._enabled:
             return
         config = await self._sync_registration(enabling=restored)  # after a restart: register again
-        if self._journal_due:
-            self._journal_due = False
+        if self._journal_due or self._delivery.undelivered:
+            self._journal_due = self._delivery.undelivered = False
             await self._finish_journal()
         # with an invalid config, tasks are still claimed (one at a time) and fail with a message naming the setting
         slots = self._service.task_slots(config) if config is not None else 1
@@ -292,15 +274,17 @@ class TaskWorker:
                 continue
             if entry.failure is not None:
                 admin_message, user_message = entry.failure
-                await self._fail(entry, admin_message, user_message or RESTART_MESSAGE)
+                await self._delivery.failure(entry, admin_message, user_message or RESTART_MESSAGE)
             elif self._journal.age(entry) > self._timing.recovery_limit:
                 hours = self._timing.recovery_limit / 3600
                 self._metrics.task_recovered("failed")
-                await self._fail(entry, f"claimed before a restart, more than {hours:g} h ago", RESTART_MESSAGE)
+                await self._delivery.failure(
+                    entry, f"claimed before a restart, more than {hours:g} h ago", RESTART_MESSAGE
+                )
             elif entry.attempts >= self._timing.max_attempts:
                 self._metrics.task_recovered("failed")
                 admin = f"the app stopped during each of its {entry.attempts} attempts at this task: given up"
-                await self._fail(entry, admin, GIVEN_UP_MESSAGE)
+                await self._delivery.failure(entry, admin, GIVEN_UP_MESSAGE)
             else:
                 logger.info("task %d was in hand before a restart: doing it again", entry.task_id)
                 self._metrics.task_recovered("redone")
@@ -309,16 +293,16 @@ class TaskWorker:
     # --- one task ---------------------------------------------------------------------------------------------------
     async def _process(self, entry: JournalEntry, control: GenerationControl) -> None:
         """The per-task boundary: every task ends SUCCESSFUL or FAILED unless the user cancelled or deleted it."""
-        progress = _ProgressReporter(self._gateway, entry.task_id, control, self._timing)
+        progress = ProgressReporter(self._gateway, entry.task_id, control, self._timing)
         try:
             result = await self._generate(entry, control)
             await progress.stop()
             self._generated(entry.task_id)
-            await self._deliver(entry, result)
+            await self._delivery.success(entry, result)
         except GenerationCancelledError:
             await progress.stop()
             if self._disabling:
-                await self._fail(entry, "the app was disabled while the task ran", DISABLED_MESSAGE)
+                await self._delivery.failure(entry, "the app was disabled while the task ran", DISABLED_MESSAGE)
             elif self._stopping:
                 logger.info("task %d stopped by the shutdown: kept for the next start", entry.task_id)
             else:
@@ -327,22 +311,24 @@ class TaskWorker:
         except InvalidRequestError as exc:
             await progress.stop()
             logger.info("task %d refused: %s", entry.task_id, exc)
-            await self._fail(entry, str(exc), exc.user_message)
+            await self._delivery.failure(entry, str(exc), exc.user_message)
         except Text2ImageError as exc:
             await progress.stop()
             logger.warning("task %d failed: %s", entry.task_id, exc)
             if isinstance(exc, ConfigurationError):
                 await self._gateway.log(logging.ERROR, str(exc))
-            await self._fail(entry, str(exc), exc.user_message)
+            await self._delivery.failure(entry, str(exc), exc.user_message)
         except asyncio.CancelledError:
             progress.abandon()
             if self._disabling:
-                await asyncio.shield(self._fail(entry, "the app was disabled while the task ran", DISABLED_MESSAGE))
+                await asyncio.shield(
+                    self._delivery.failure(entry, "the app was disabled while the task ran", DISABLED_MESSAGE)
+                )
             raise  # a shutdown: the journal keeps the task for the next start
         except Exception as exc:  # the per-task boundary: no task is ever left RUNNING
             await progress.stop()
             logger.exception("task %d failed with an unexpected error", entry.task_id)
-            await self._fail(entry, f"internal error: {type(exc).__name__}: {exc}", INTERNAL_ERROR_MESSAGE)
+            await self._delivery.failure(entry, f"internal error: {type(exc).__name__}: {exc}", INTERNAL_ERROR_MESSAGE)
 
     async def _generate(self, entry: JournalEntry, control: GenerationControl) -> GenerationResult:
         config = await self._config.load()  # read after the claim: a value saved a moment ago applies
@@ -358,78 +344,6 @@ class TaskWorker:
         )
         await self._journal.started(entry)
         return await self._service.generate(spec, config, control)
-
-    async def _deliver(self, entry: JournalEntry, result: GenerationResult) -> None:
-        started = time.perf_counter()
-        task_id = entry.task_id
-        try:
-            file_ids: list[int] = []
-            for image in result.images:
-                file_id = await self._retry(
-                    task_id, "upload", functools.partial(self._gateway.upload_image, task_id, image.png)
-                )
-                if file_id is None:
-                    logger.info("task %d was deleted before its images were stored", task_id)
-                    await self._journal.remove(task_id)
-                    return
-                file_ids.append(file_id)
-            status = await self._retry(task_id, "report", lambda: self._gateway.report_success(task_id, file_ids))
-        except _Abandoned as exc:
-            await self._keep_failure(entry, f"the images were made but could not be delivered: {exc}")
-            return
-        await self._journal.remove(task_id)
-        if status == STATUS_CANCELLED:
-            logger.info("task %d was cancelled; its result was discarded by Nextcloud", task_id)
-            return
-        logger.info(
-            "task %d done: %d image(s) %s on %s/%s, generated in %.2f s, delivered in %.2f s",
-            task_id,
-            len(file_ids),
-            result.size,
-            result.backend,
-            result.model,
-            result.seconds,
-            time.perf_counter() - started,
-        )
-
-    async def _fail(self, entry: JournalEntry, admin_message: str, user_message: str) -> None:
-        task_id = entry.task_id
-        try:
-            report = functools.partial(self._gateway.report_failure, task_id, admin_message, user_message)
-            await self._retry(task_id, "report", report)
-        except _Abandoned as exc:
-            await self._keep_failure(replace(entry, failure=(admin_message, user_message)), str(exc))
-            return
-        await self._journal.remove(task_id)
-
-    async def _keep_failure(self, entry: JournalEntry, reason: str) -> None:
-        """Nextcloud did not answer in time: keep the failure in the journal and report it once it answers again."""
-        failure = entry.failure or (reason, UNDELIVERED_MESSAGE)
-        await self._journal.write(replace(entry, failure=failure))
-        self._journal_due = True
-        logger.error(
-            "task %d: %s; it stays RUNNING in Nextcloud until it can be reported FAILED, which is tried again when "
-            "Nextcloud answers",
-            entry.task_id,
-            reason,
-        )
-
-    async def _retry(self, task_id: int, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` until Nextcloud takes it; ``_Abandoned`` when the delivery deadline passes first."""
-        backoff = _Backoff(self._timing)
-        started = time.monotonic()
-        deadline = started + self._timing.delivery_deadline
-        while True:
-            try:
-                return await call()
-            except NextcloudUnavailableError as exc:
-                delay = backoff.next()
-                if time.monotonic() + delay > deadline:
-                    raise _Abandoned(
-                        f"Nextcloud did not take the {what} for {time.monotonic() - started:.0f} s ({exc})"
-                    ) from exc
-                logger.warning("task %d: %s failed (%s); retrying in %.1f s", task_id, what, exc, delay)
-                await asyncio.sleep(delay)
 
     # --- shutdown ---------------------------------------------------------------------------------------------------
     async def shutdown(self) -> None:
@@ -449,54 +363,3 @@ class TaskWorker:
             for job in still:
                 job.cancel()
             await asyncio.gather(*still, return_exceptions=True)
-
-
-class _ProgressReporter:
-    """Sends the generation's progress to Nextcloud about once a second and learns of cancellation from the answer."""
-
-    def __init__(self, gateway: TaskGateway, task_id: int, control: GenerationControl, timing: WorkerTiming) -> None:
-        self._gateway = gateway
-        self._task_id = task_id
-        self._control = control
-        self._timing = timing
-        self._stop = asyncio.Event()
-        self._job = asyncio.create_task(self._run(), name=f"progress-{task_id}")
-        self._stopped = False
-
-    async def _run(self) -> None:
-        sent = -1.0
-        last_sent_at = 0.0
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._timing.progress_interval)
-            if self._stop.is_set():
-                return
-            percent = round(self._control.progress * 100, 1)
-            now = time.monotonic()
-            if percent == sent and now - last_sent_at < self._timing.progress_keepalive:
-                continue
-            try:
-                status = await self._gateway.set_progress(self._task_id, percent)
-            except NextcloudUnavailableError as exc:
-                logger.debug("task %d: progress not sent (%s)", self._task_id, exc)
-                continue
-            sent, last_sent_at = percent, now
-            if status in (STATUS_CANCELLED, STATUS_GONE):
-                logger.info("task %d: Nextcloud says %s; stopping the generation", self._task_id, status)
-                self._control.cancel()
-                return
-
-    async def stop(self) -> None:
-        """Wait for an in-flight progress call, so that nothing is sent after the result. A reporter that failed is
-        logged here: progress is a courtesy, the task goes on."""
-        self._stop.set()
-        if self._stopped:
-            return
-        self._stopped = True
-        (outcome,) = await asyncio.gather(self._job, return_exceptions=True)
-        if isinstance(outcome, Exception):
-            logger.error("task %d: progress reporting failed", self._task_id, exc_info=outcome)
-
-    def abandon(self) -> None:
-        self._stop.set()
-        self._job.cancel()
