@@ -8,9 +8,9 @@ from a small palette, picked by the prompt and a counter). ``time_scale`` speeds
 second is one simulated minute, so "10 images per minute" becomes 10 per real second.
 
 Test knobs: ``answer="url"`` (answer ``data[].url`` served from ``/files/<id>``), ``fail_next(status, count)``,
-``hang_next(seconds, count)``, ``latency`` (simulated seconds per image), counters in ``stats()`` and the bodies
-received in ``bodies()``. Usable from sync and async tests: uvicorn runs in its own thread
-(``tests.servers.ServerThread``)::
+``hang_next(seconds, count)``, ``fault_next(mode, count)`` (the faults of a misbehaving service, see ``FAULTS``),
+``latency`` (simulated seconds per image), counters in ``stats()`` and the bodies received in ``bodies()``.
+Usable from sync and async tests: uvicorn runs in its own thread (``tests.servers.ServerThread``)::
 
     with FakeIonos(token="t0k3n", time_scale=60) as ionos:
         ... ionos.base_url ...  # "http://127.0.0.1:<port>/v1"
@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import io
 import itertools
 import math
+import struct
 import threading
 import time
+import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +37,7 @@ from PIL import Image
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.servers import ServerThread
@@ -46,6 +50,13 @@ MAX_PROMPT = 256
 DEFAULT_TOKEN = "ionos-test-token"
 PALETTE_SIZE = 32
 ACCEPTED_KEYS = frozenset({"model", "prompt", "size", "n", "response_format", "user"})
+FAULTS = {
+    "trickle": "a 200 whose body comes one byte every half second, for ever",
+    "bomb": "a 200 with a small PNG that declares 8192x8192 pixels (192 MB to decode)",
+    "echo_token": "a 500 whose body quotes the Authorization header back",
+    "refuse_prompt": "a 400, IONOS-shaped: the prompt was rejected by the content filter",
+}
+BOMB_SIDE = 8192
 
 
 def ionos_account(fake: FakeIonos, *, token: str | None = None, client_limits: bool = True) -> RemoteAccount:
@@ -86,6 +97,7 @@ class FakeIonosStats:
     bad_requests: int  # 400s / 404s
     hung: int  # requests held by hang_next
     downloads: int  # GET /files/<id>
+    faults: int  # requests answered with a fault_next fault
 
 
 class _Bucket:
@@ -135,6 +147,7 @@ class FakeIonos:
         self._pngs: dict[tuple[str, int], bytes] = {}
         self._fail: list[int] = []
         self._hang: list[float] = []
+        self._faults: list[str] = []
         self._epoch = time.monotonic()
         self._images = _Bucket(burst, images_per_minute / 60.0, 0.0)
         self._requests = _Bucket(max(1.0, requests_per_second), requests_per_second, 0.0)
@@ -189,6 +202,13 @@ class FakeIonos:
         """The next ``count`` accepted generation requests wait ``seconds`` (real) before answering."""
         with self._lock:
             self._hang.extend([seconds] * count)
+
+    def fault_next(self, mode: str, count: int = 1) -> None:
+        """The next ``count`` generation requests get the fault ``mode`` (one of ``FAULTS``), after the token check."""
+        if mode not in FAULTS:
+            raise ValueError(f"unknown fault {mode!r}: choose from {sorted(FAULTS)}")
+        with self._lock:
+            self._faults.extend([mode] * count)
 
     def stats(self) -> FakeIonosStats:
         with self._lock:
@@ -252,7 +272,11 @@ class FakeIonos:
         if not self._authorized(request):
             return self._unauthorized()
         with self._lock:
+            fault = self._faults.pop(0) if self._faults else None
             fail = self._fail.pop(0) if self._fail else None
+        if fault is not None:
+            self._count("faults")
+            return self._fault(fault, request)
         if fail is not None:
             if fail == 429:
                 self._count("rate_limited")
@@ -348,6 +372,36 @@ class FakeIonos:
                 self._pngs[key] = cached
         return cached
 
+    def _fault(self, mode: str, request: Request) -> Response:
+        if mode == "trickle":
+            return StreamingResponse(self._trickle(), media_type="application/json")
+        if mode == "bomb":
+            return JSONResponse({"created": int(time.time()), "data": [{"b64_json": _bomb_b64()}]})
+        if mode == "echo_token":
+            return Response(f"upstream error for {request.headers.get('authorization')}", status_code=500)
+        return ionos_error(400, "paas-validation-2", "The prompt was rejected by the content filter.")
+
+    async def _trickle(self) -> AsyncIterator[bytes]:
+        yield b'{"data": ['
+        while not self._stopping.is_set():
+            await asyncio.sleep(0.5)
+            yield b" "
+
     async def _sleep(self, seconds: float) -> None:
         """Sleep ``seconds``, cut short when the server stops (a thread each: for the few hung requests only)."""
         await asyncio.to_thread(self._stopping.wait, seconds)
+
+
+@functools.cache
+def _bomb_b64() -> str:
+    """A valid PNG of ``BOMB_SIDE`` x ``BOMB_SIDE`` black RGB pixels: about 190 KB that decode to 192 MB."""
+    row = b"\x00" + b"\x00" * (BOMB_SIDE * 3)
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(BOMB_SIDE)) + packer.flush()
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", BOMB_SIDE, BOMB_SIDE, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    return base64.b64encode(png).decode("ascii")

@@ -12,6 +12,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import PIL.Image
+
+from .imaging import MAX_DECODE_PIXELS
 from .settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("text2image_hub")
@@ -59,6 +62,7 @@ def main(environ: Mapping[str, str] | None = None) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("uvicorn.access").addFilter(ProbeFilter())
+    PIL.Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS  # Pillow's decompression-bomb guard, at our own bound
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the hub client's download bars on stderr
     if not settings.standalone and settings.app_secret is None:
         sys.exit(
@@ -73,11 +77,12 @@ def main(environ: Mapping[str, str] | None = None) -> None:
     from nc_py_api.ex_app import run_app
 
     from .app import create_app
+    from .server import uvicorn_options
 
     os.environ.setdefault("APP_HOST", settings.app_host)
     os.environ.setdefault("APP_PORT", str(settings.app_port))
     Path(settings.persistent_storage).mkdir(parents=True, exist_ok=True)
-    run_app(create_app(settings), log_config=None, timeout_graceful_shutdown=2)  # docker stop: SIGKILL after 10 s
+    run_app(create_app(settings), **uvicorn_options())
 
 
 if __name__ == "__main__":

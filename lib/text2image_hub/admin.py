@@ -44,6 +44,7 @@ class RuntimeConfig(BaseModel):
     remote_model: str = ""
     remote_images_per_minute: int = Field(0, ge=0, le=100_000)
     remote_burst: int = Field(0, ge=0, le=100_000)
+    remote_deadline: float = Field(0.0, ge=0, le=3600)
     local_model: str = ""
     default_size: ImageSize | None = None
     default_steps: int = Field(0, ge=0, le=200)
@@ -216,6 +217,14 @@ def settings_form(
                 type=SettingsFieldType.NUMBER,
                 default=defaults["remote_burst"],
                 description="Images allowed at once before the per-minute limit applies; 0 uses the preset's.",
+            ),
+            SettingsField(
+                id="remote_deadline",
+                title="Remote limit: seconds per request",
+                type=SettingsFieldType.NUMBER,
+                default=defaults["remote_deadline"],
+                description="How long one request may take, answer included, before it is given up; 0 uses the "
+                "preset's (IONOS: 30 s).",
             ),
             SettingsField(
                 id="local_model",

@@ -8,7 +8,6 @@ what happened, at error level.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -117,16 +116,18 @@ class Delivery:
     async def _retry(self, task_id: int, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` until Nextcloud takes it; ``_Abandoned`` when the delivery deadline passes first."""
         backoff = Backoff(self._timing)
-        started = time.monotonic()
+        clock = self._timing.clock
+        started = clock()
         deadline = started + self._timing.delivery_deadline
         while True:
             try:
                 return await call()
             except NextcloudUnavailableError as exc:
-                delay = backoff.next()
-                if time.monotonic() + delay > deadline:
+                left = deadline - clock()
+                if left <= 0:
                     raise _Abandoned(
-                        f"Nextcloud did not take the {what} for {time.monotonic() - started:.0f} s ({exc})"
+                        f"Nextcloud did not take the {what} for {clock() - started:.0f} s ({exc})"
                     ) from exc
+                delay = min(backoff.next(), left)  # the last try comes at the deadline, not before it
                 logger.warning("task %d: %s failed (%s); retrying in %.1f s", task_id, what, exc, delay)
-                await asyncio.sleep(delay)
+                await self._timing.sleep(delay)

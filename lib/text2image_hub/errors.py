@@ -19,7 +19,9 @@ Every error we raise on purpose derives from ``Text2ImageError`` and knows how i
     ├── GenerationError            500  the backend failed to make the image
     │   ├── GpuOutOfMemoryError         the GPU ran out of memory for this size / count
     │   └── RemoteServiceError     502  the remote service answered with an error
-    │       └── RemoteAuthError         the remote service rejected our token
+    │       ├── RemoteAuthError         the remote service rejected our token
+    │       ├── RemoteRejectedError 400  the remote service refused the request itself (e.g. the prompt)
+    │       └── RemoteTimeoutError  504  no complete answer within the deadline
     ├── GenerationCancelledError   409  the user cancelled the task while it ran
     └── NextcloudUnavailableError  503  Nextcloud did not answer, is in maintenance or rejected our secret
 
@@ -146,6 +148,23 @@ class RemoteAuthError(RemoteServiceError):
         "The image service refused this server's access: please ask your administrator to check the remote "
         "service token in the Text2Image Hub settings."
     )
+
+
+class RemoteRejectedError(RemoteServiceError):
+    """The service refused the request itself (a 4xx other than 401/403/429): not retried, the user told why."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+    code = "REMOTE_REJECTED"
+    default_user_message = "The image service refused this request. Please change it and try again."
+
+
+class RemoteTimeoutError(RemoteServiceError):
+    """No complete answer within the account's deadline (late, or trickling)."""
+
+    http_status = 504
+    code = "REMOTE_TIMEOUT"
+    default_user_message = "The image service did not answer in time. Please try again later."
 
 
 class GenerationCancelledError(Text2ImageError):

@@ -1,4 +1,5 @@
-"""Image sizes, PNG encoding with AI provenance metadata, and the optional visible "AI-generated" mark."""
+"""Image sizes, decoding images from elsewhere safely, PNG encoding with AI provenance metadata, and the optional
+visible "AI-generated" mark."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import io
 import re
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InvalidRequestError
 
 _SIZE_PATTERN = re.compile(r"^\s*(\d{2,5})\s*[xX×]\s*(\d{2,5})\s*$")
 WATERMARK_TEXT = "AI-generated"
+MAX_DECODE_PIXELS = 4096 * 4096
+"""The most pixels an image from elsewhere may declare (our largest size is 1536x1536): ``decode_image`` refuses
+bigger ones from their header, before decoding; ``__main__`` sets Pillow's decompression-bomb guard to it too."""
+
+
+class ImageRejectedError(ValueError):
+    """An image from elsewhere is unusable: not an image, the wrong size, or too large to decode."""
 
 
 @dataclass(frozen=True, order=True)
@@ -37,6 +45,25 @@ class ImageSize:
 
     def __str__(self) -> str:
         return f"{self.width}x{self.height}"
+
+
+def decode_image(raw: bytes, size: ImageSize) -> Image.Image:
+    """Decode an image from an untrusted source (a remote service), checking it first from its header only.
+
+    Declared dimensions other than ``size`` or over ``MAX_DECODE_PIXELS`` are refused before anything is decoded: a
+    500 KB PNG may declare 13000x13000 pixels and take gigabytes to decode. Runs in a thread (it is CPU work).
+    """
+    try:
+        with Image.open(io.BytesIO(raw)) as opened:
+            width, height = opened.size
+            if width * height > MAX_DECODE_PIXELS:
+                raise ImageRejectedError(f"it declares {width}x{height} pixels, over the {MAX_DECODE_PIXELS} allowed")
+            if (width, height) != (size.width, size.height):
+                raise ImageRejectedError(f"it is {width}x{height} where {size} was asked for")
+            opened.load()
+            return opened.copy()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise ImageRejectedError(f"it does not decode ({type(exc).__name__}: {exc})") from exc
 
 
 def sizes_text(sizes: tuple[ImageSize, ...]) -> str:

@@ -105,7 +105,9 @@ class TaskInput:
         prompt = raw.get("input")
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidRequestError("Please describe the image you want: the prompt is empty.", code="MISSING_PROMPT")
-        return cls(prompt.strip(), _count(raw.get("numberOfImages", 1)), _size(raw.get("size")), _seed(raw.get("seed")))
+        count = raw.get("numberOfImages")
+        count = 1 if count is None else count  # absent or null: the declared default
+        return cls(prompt.strip(), _count(count), _size(raw.get("size")), _seed(raw.get("seed")))
 
 
 def _count(value: object) -> int:

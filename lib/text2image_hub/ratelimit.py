@@ -120,21 +120,22 @@ class RateLimiter:
             await self._sleep(wait)
 
     def refused(self, retry_after: float | None, wait: float) -> bool:
-        """The server answered 429 (with ``retry_after``, or none): every caller waits ``wait`` seconds; True when
-        the refused request must pay for its images again and queue, False when it goes first without paying.
+        """The server answered 429 (with ``retry_after``, or none). True: every caller waits ``wait`` seconds and
+        the refused request pays for its images again and queues; False: only the refused request waits (the caller
+        sleeps ``wait``), then goes first without paying.
 
         A wait of at least one image interval (or none given) says the service counts images we did not (another
-        client on the same token, a stricter limit): the retry pays again and queues like any request, which brings
-        our bucket down towards the service's. A shorter wait is the request rate, or our bucket running a little
-        ahead of the service's (network jitter between our clock and its): the images the call took still stand
-        for it, our bucket is trimmed by what the service still lacked (one image per interval of the wait), and
-        the retry goes first once the wait is over.
+        client on the same token, a stricter limit): everyone would be refused, so everyone waits, and the retry
+        pays again like any request, which brings our bucket down towards the service's. A shorter wait is the
+        request rate, or our bucket running a little ahead of the service's (network jitter between our clock and
+        its): the images the call took still stand for it, our bucket is trimmed by what the service still lacked
+        (one image per interval of the wait), and nobody else is held up.
         """
         rate = self._image_rate
         if retry_after is None or rate is None or retry_after >= 1.0 / rate:
             self.penalize(wait)
             return True
-        self.penalize(wait, images=retry_after * rate)
+        self.penalize(0.0, images=retry_after * rate)
         return False
 
     def penalize(self, retry_after: float, *, images: float = 0.0) -> None:

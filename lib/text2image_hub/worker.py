@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -91,6 +92,9 @@ class WorkerTiming:
     """A journaled task claimed longer ago than this is reported FAILED at start-up rather than done again."""
     max_attempts: int = 2
     """Generations started for one task before it is given up (a task that takes the process down each time)."""
+    clock: Callable[[], float] = time.monotonic
+    """The clock and the sleep of delivery retries (tests pass simulated ones to cover a 16-minute outage)."""
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 @dataclass
@@ -167,7 +171,7 @@ class TaskWorker:
             try:
                 await self._pass()
             except NextcloudUnavailableError as exc:
-                delay = backoff.next()
+                delay = min(backoff.next(), self._timing.poll_interval)  # Nextcloud's return is seen within a poll
                 if not outage_logged:
                     logger.warning("Nextcloud unavailable (%s); retrying with back-off", exc)
                     outage_logged = True

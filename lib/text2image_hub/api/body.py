@@ -1,12 +1,13 @@
 """Reading a /v1 request body: JSON, multipart/form-data or form-urlencoded, bounded while it streams.
 
 The body is read chunk by chunk and refused as soon as it passes ``MAX_BODY_BYTES`` (a declared Content-Length
-over the limit is refused before reading), then parsed from memory: a multipart upload is never spooled to disk,
-and a form with a file part is refused (this API takes text fields only).
+over the limit is refused before reading) or takes longer than ``BODY_TIMEOUT``, then parsed from memory: a
+multipart upload is never spooled to disk, and a form with a file part is refused (this API takes text fields only).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -18,6 +19,8 @@ from starlette.formparsers import FormParser, MultiPartException, MultiPartParse
 from ..errors import InvalidRequestError
 
 MAX_BODY_BYTES = 1024 * 1024  # a 32,000-character prompt and every other field fit many times over
+BODY_TIMEOUT = 30.0
+"""Seconds a client has to send the whole body (a slow sender must not hold a connection for ever)."""
 _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
@@ -49,10 +52,16 @@ async def _bounded(request: Request) -> bytes:
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _too_large()
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise _too_large()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > MAX_BODY_BYTES:
+                    raise _too_large()
+    except TimeoutError:
+        raise InvalidRequestError(
+            f"The request body did not arrive within {BODY_TIMEOUT:g} s.", code="REQUEST_TIMEOUT"
+        ) from None
     return bytes(raw)
 
 

@@ -5,6 +5,8 @@
   ``WWW-Authenticate: Bearer``.
 - FastAPI's ``RequestValidationError``: 400 ``INVALID_REQUEST`` (never 422, like OpenAI).
 - Starlette's ``HTTPException`` (unknown route, wrong method, malformed form body): its status, code ``HTTP_<status>``.
+- A client that hangs up while its body is read: an INFO line and 499 in ``/metrics``, no answer (nothing went wrong
+  here, and nothing reaches nextcloud.log).
 - Anything else: ``RequestMiddleware`` logs it and answers a generic 500 "internal error". This is one of the two
   broad ``except`` sites of the app (the other is the task worker's per-task boundary).
 
@@ -22,6 +24,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import (
@@ -37,6 +40,8 @@ from .state import ApiState
 logger = logging.getLogger(__name__)
 
 UNAVAILABLE_RETRY_AFTER = 30
+CLIENT_CLOSED = 499
+"""The status /metrics records for a request whose client went away (nginx's "client closed request")."""
 _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
@@ -125,6 +130,9 @@ class RequestMiddleware:
 
         try:
             await self.app(scope, receive, observe)
+        except ClientDisconnect:  # the client hung up while its body was read: nothing to answer, nothing wrong
+            logger.info("the client of %s %s went away before its request was read", scope.get("method"), _route(scope))
+            status = CLIENT_CLOSED
         except Exception:  # the API's fallback handler: an unexpected error becomes a generic 500
             logger.exception("unexpected error in %s %s", scope.get("method"), _route(scope))
             if response_started:

@@ -25,7 +25,15 @@ from ..service import GenerationResult, ImageRequest
 
 # admin settings that cannot change a generated image (credentials, limits, waiting time)
 _CONFIG_NOT_IN_KEY = frozenset(
-    {"api_keys", "api_rate_limit", "remote_api_key", "remote_images_per_minute", "remote_burst", "local_wait_limit"}
+    {
+        "api_keys",
+        "api_rate_limit",
+        "remote_api_key",
+        "remote_images_per_minute",
+        "remote_burst",
+        "remote_deadline",
+        "local_wait_limit",
+    }
 )
 
 

@@ -48,6 +48,7 @@ class RemotePreset:
     burst: int | None
     requests_per_second: float | None
     accepts_seed: bool = False  # send "seed" only where the service is known to accept it
+    idempotent: bool = False  # whether a generation that may have reached it can be sent again: none is known to be
     response_format: str | None = None  # sent only when set; None: send nothing, accept b64_json and url
     seconds_per_image: float = 5.0  # typical service time, for the provider's expected runtime
     license: str = ""
@@ -120,6 +121,11 @@ CUSTOM = RemotePreset(
 PRESETS: tuple[RemotePreset, ...] = (IONOS, OPENAI, CUSTOM)
 
 
+def default_deadline(source: RemotePreset) -> float:
+    """A few times the service's usual time per image, and never under 30 s (IONOS: 30 s, OpenAI: 100 s)."""
+    return max(30.0, 5 * source.seconds_per_image)
+
+
 def preset(preset_id: str) -> RemotePreset:
     """The preset called ``preset_id`` (``ionos``, ``openai``, ``custom``); else a ``ConfigurationError``."""
     for candidate in PRESETS:
@@ -170,6 +176,8 @@ class RemoteAccount:
     api_key: SecretStr
     model: str
     limits: RemoteLimits
+    deadline: float = 60.0
+    """Seconds one request may take, answer included (``remote_deadline``; default: ``default_deadline``)."""
 
     @classmethod
     def from_preset(
@@ -181,6 +189,7 @@ class RemoteAccount:
         model: str = "",
         images_per_minute: float | None = None,
         burst: int | None = None,
+        deadline: float | None = None,
     ) -> RemoteAccount:
         """The preset with the admin's overrides (empty / None / 0: the preset's value); checks what is required."""
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
@@ -206,7 +215,10 @@ class RemoteAccount:
             max_prompt_length=defaults.max_prompt_length,
             max_images_per_request=defaults.max_images_per_request,
         )
-        return cls(preset=source, base_url=url, api_key=key, model=chosen_model, limits=limits)
+        chosen_deadline = deadline or default_deadline(source)
+        return cls(
+            preset=source, base_url=url, api_key=key, model=chosen_model, limits=limits, deadline=chosen_deadline
+        )
 
     def model_info(self) -> ModelInfo:
         """What the service accepts, as ``resolve`` checks it: no steps, guidance or negative prompt; a seed only

@@ -81,6 +81,7 @@ class BackendRegistry:
             model=config.remote_model,
             images_per_minute=config.remote_images_per_minute or None,
             burst=config.remote_burst or None,
+            deadline=config.remote_deadline or None,
         )
 
     def remote(self, config: RuntimeConfig) -> Backend:

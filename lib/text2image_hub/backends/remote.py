@@ -12,7 +12,10 @@ tree:
 - 5xx, timeouts, connection errors → bounded retries with exponential backoff and jitter, then
   ``RemoteServiceError`` (5xx) or ``BackendUnavailableError`` (unreachable / no answer);
 - 401 / 403 → ``RemoteAuthError`` (the user is asked to have the administrator check the token);
-- any other 4xx, or a 200 whose images are missing, undecodable or of the wrong size → ``RemoteServiceError``.
+- any other 4xx → ``RemoteRejectedError`` (the request itself was refused: the user is told to change it);
+- no complete answer within the account's deadline (a trickle, a late answer) → ``RemoteTimeoutError``, and a
+  generation that may have reached the service is never sent twice;
+- a 200 whose images are missing, undecodable or of the wrong size → ``RemoteServiceError``.
 
 ``registry.RemoteBackendPool`` hands out one backend per account (base URL + model + SHA-256 of the token) so the
 task worker and the ``/v1`` API share one limiter. The token lives in a ``SecretStr`` and is never put in a log line,
@@ -24,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import json
 import logging
 import random
@@ -33,15 +35,16 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx2
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import (
     BackendUnavailableError,
     RemoteAuthError,
     RemoteBusyError,
+    RemoteRejectedError,
     RemoteServiceError,
+    RemoteTimeoutError,
 )
-from ..imaging import ImageSize
+from ..imaging import ImageRejectedError, decode_image
 from ..ratelimit import RateLimiter
 from . import MAX_IMAGES, GeneratedImage, GenerationControl, ModelInfo, ResolvedRequest
 from .presets import RemoteAccount
@@ -212,7 +215,10 @@ class RemoteBackend:
         images: list[GeneratedImage] = []
         for index, item in enumerate(data):
             raw = await self._image_bytes(item)
-            image = await asyncio.to_thread(_decode_image, raw, request.size, self._where())
+            try:
+                image = await asyncio.to_thread(decode_image, raw, request.size)
+            except ImageRejectedError as exc:
+                raise RemoteServiceError(f"{self._where()} answered an unusable image: {exc}") from exc
             images.append(GeneratedImage(image=image, seed=seeds[index] if seeds is not None else None))
             progress.add(1)
         return images
@@ -239,13 +245,16 @@ class RemoteBackend:
             attempt += 1
             failure: str
             try:
-                async with self._http.stream("GET", url, follow_redirects=True) as response:
+                async with (
+                    asyncio.timeout(self._account.deadline),
+                    self._http.stream("GET", url, follow_redirects=True) as response,
+                ):
                     if response.status_code == 200:
                         return await _read_capped(response, MAX_IMAGE_BYTES, self._where())
                     failure = f"HTTP {response.status_code}"
                     if response.status_code < 500 and response.status_code != 429:
                         raise RemoteServiceError(f"downloading an image from {self._where()} failed: {failure}")
-            except httpx2.TimeoutException as exc:
+            except (TimeoutError, httpx2.TimeoutException) as exc:
                 failure = f"timeout ({type(exc).__name__})"
             except httpx2.TransportError as exc:
                 failure = f"connection error ({type(exc).__name__})"
@@ -269,9 +278,16 @@ class RemoteBackend:
         control: GenerationControl | None,
         probe: bool = False,
     ) -> _Answer | None:
-        """One logical call with retries; a 2xx answer, None if cancelled before sending, or a mapped error."""
+        """One logical call with retries; a 2xx answer, None if cancelled before sending, or a mapped error.
+
+        Every attempt must be answered, body included, within the account's deadline (``PROBE_TIMEOUT`` for a
+        probe): a service that trickles or answers late is given up, not waited for. A generation that may have
+        reached the service (a timeout or a broken connection after sending) is not sent again: no preset's service
+        is known to be idempotent, and each generation is paid for. One that never left (no connection) is.
+        """
         retry = PROBE_RETRY if probe else self._retry
-        timeout = httpx2.Timeout(PROBE_TIMEOUT) if probe else None
+        deadline = PROBE_TIMEOUT if probe else self._account.deadline
+        repeatable = method == "GET" or self._account.preset.idempotent
         url = self._account.base_url + path
         attempt = 0
         busy = 0
@@ -284,39 +300,25 @@ class RemoteBackend:
             unreachable = False
             server_delay: float | None = None
             try:
-                answer = await self._send(method, url, body, images, timeout)
-            except httpx2.TimeoutException as exc:
-                failure, unreachable = f"no answer in time ({type(exc).__name__})", True
-            except httpx2.TransportError as exc:
+                async with asyncio.timeout(deadline):
+                    answer = await self._send(method, url, body, images)
+            except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:  # never left: send again
                 failure, unreachable = f"unreachable ({type(exc).__name__}: {self._scrub(str(exc))})", True
+            except (TimeoutError, httpx2.TimeoutException, httpx2.TransportError) as exc:
+                failure, unreachable = self._lost(exc, deadline), True
+                if not repeatable:
+                    raise RemoteTimeoutError(
+                        f"{self._where()}: {failure}; not sent again, the service may be making the image already"
+                    ) from exc
             else:
                 if answer.status < 300:
                     return answer
                 server_delay = self._retry_after(answer.headers)
                 if answer.status == 429:
                     busy += 1
-                    delay = server_delay if server_delay is not None else retry.default_retry_after
-                    if busy > retry.max_busy_retries:
-                        raise RemoteBusyError(
-                            f"{self._where()} still answered 429 (too many requests) after {busy} tries: "
-                            f"{self._detail(answer)}",
-                            retry_after=delay,
-                        )
-                    logger.info("%s answered 429; every request waits %.3f s", self._where(), delay)
-                    pays_again = self._limiter.refused(server_delay, delay)
-                    charge, priority = (images, False) if pays_again else (0, True)
+                    charge, priority = await self._busy(answer, server_delay, busy, retry, images, control)
                     continue
-                if answer.status in (401, 403):
-                    raise RemoteAuthError(
-                        f"{self._where()} rejected the token (HTTP {answer.status}): {self._detail(answer)}",
-                        user_message=f"The {self._account.preset.provider} image service refused this server's access: "
-                        "please ask your administrator to check the remote service token in the Text2Image Hub "
-                        "settings.",
-                    )
-                if answer.status < 500:
-                    raise RemoteServiceError(
-                        f"{self._where()} refused the request (HTTP {answer.status}): {self._detail(answer)}"
-                    )
+                self._raise_refusal(answer)
                 failure = f"HTTP {answer.status}: {self._detail(answer)}"
             attempt += 1
             if attempt >= retry.max_attempts:
@@ -328,6 +330,61 @@ class RemoteBackend:
             logger.warning("%s: %s; retrying in %.1f s", self._where(), failure, delay)
             charge, priority = images, False  # the service may have counted the failed attempt
             await asyncio.sleep(delay)
+
+    def _lost(self, exc: BaseException, deadline: float) -> str:
+        if isinstance(exc, TimeoutError):
+            return f"no complete answer within {deadline:g} s"
+        if isinstance(exc, httpx2.TimeoutException):
+            return f"no answer in time ({type(exc).__name__})"
+        return f"the connection failed after the request was sent ({type(exc).__name__}: {self._scrub(str(exc))})"
+
+    async def _busy(
+        self,
+        answer: _Answer,
+        server_delay: float | None,
+        busy: int,
+        retry: RetryPolicy,
+        images: int,
+        control: GenerationControl | None,
+    ) -> tuple[int, bool]:
+        """A 429: how the refused request goes again (images to take, whether before the queue); or the end."""
+        delay = server_delay if server_delay is not None else retry.default_retry_after
+        if busy > retry.max_busy_retries:
+            raise RemoteBusyError(
+                f"{self._where()} still answered 429 (too many requests) after {busy} tries: {self._detail(answer)}",
+                retry_after=delay,
+            )
+        if self._limiter.refused(server_delay, delay):
+            logger.info("%s answered 429: every request of the account waits %.3f s", self._where(), delay)
+            return images, False
+        logger.debug("%s answered 429: this request waits %.3f s", self._where(), delay)
+        await self._pause(delay, control)
+        return 0, True
+
+    async def _pause(self, seconds: float, control: GenerationControl | None) -> None:
+        """Sleep ``seconds``, or less if the generation is cancelled meanwhile."""
+        sleeper = asyncio.ensure_future(asyncio.sleep(seconds))
+        try:
+            while not sleeper.done() and not (control is not None and control.cancelled):
+                await asyncio.wait({sleeper}, timeout=_CANCEL_POLL_SECONDS)
+        finally:
+            sleeper.cancel()
+
+    def _raise_refusal(self, answer: _Answer) -> None:
+        """401/403: the token; any other 4xx: the request itself, said so to the user; a 5xx returns (retried)."""
+        if answer.status in (401, 403):
+            raise RemoteAuthError(
+                f"{self._where()} rejected the token (HTTP {answer.status}): {self._detail(answer)}",
+                user_message=f"The {self._account.preset.provider} image service refused this server's access: "
+                "please ask your administrator to check the remote service token in the Text2Image Hub settings.",
+            )
+        if answer.status < 500:
+            detail = self._detail(answer)
+            raise RemoteRejectedError(
+                f"{self._where()} refused the request (HTTP {answer.status}): {detail}",
+                user_message=f"The image service refused this request ({detail[:200]}). Please change it, for "
+                "example the prompt, and try again.",
+            )
 
     async def _acquire(self, images: int, control: GenerationControl | None, *, priority: bool = False) -> bool:
         """Wait for the limiter; False (nothing taken) if the user cancels meanwhile."""
@@ -349,15 +406,12 @@ class RemoteBackend:
         waiter.result()
         return not control.cancelled
 
-    async def _send(
-        self, method: str, url: str, body: dict[str, object] | None, images: int, limits: httpx2.Timeout | None = None
-    ) -> _Answer:
+    async def _send(self, method: str, url: str, body: dict[str, object] | None, images: int) -> _Answer:
         headers = {"Accept": "application/json"}
         secret = self._account.api_key.get_secret_value()
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
-        chosen = limits if limits is not None else httpx2.USE_CLIENT_DEFAULT
-        async with self._http.stream(method, url, json=body, headers=headers, timeout=chosen) as response:
+        async with self._http.stream(method, url, json=body, headers=headers) as response:
             cap = MAX_IMAGE_BYTES * 2 * max(1, images) if response.status_code < 300 else MAX_ERROR_BODY_BYTES
             content = await _read_capped(response, cap, self._where(), truncate=response.status_code >= 300)
             return _Answer(response.status_code, response.headers, content)
@@ -428,19 +482,6 @@ async def _read_capped(response: httpx2.Response, cap: int, where: str, *, trunc
             raise RemoteServiceError(f"{where} answered more than {cap} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _decode_image(raw: bytes, size: ImageSize, where: str) -> Image.Image:
-    """Decode and check the image (runs in a thread)."""
-    try:
-        with Image.open(io.BytesIO(raw)) as opened:
-            opened.load()
-            image = opened.copy()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
-        raise RemoteServiceError(f"{where} answered image data that does not decode: {exc}") from exc
-    if image.size != (size.width, size.height):
-        raise RemoteServiceError(f"{where} answered a {image.width}x{image.height} image where {size} was asked for")
-    return image
 
 
 def _error_detail(body: bytes) -> str:
