@@ -53,18 +53,7 @@ async def create_images(request: Request, context: ContextDep) -> Response:
     except RateLimitError:
         hub.api.metrics.rate_limited()
         raise
-    asked = ImageRequest(
-        prompt=wire.prompt,
-        count=wire.count,
-        size=wire.size,
-        seeds=wire.seed_tuple,
-        steps=wire.steps,
-        guidance_scale=wire.guidance_scale,
-        negative_prompt=wire.negative_prompt or None,
-        model=wire.model,
-        source="api",
-    )
-    result, cached = await _generate(asked, context, use_cache=wire.use_cache)
+    result, cached = await _generate(wire.image_request(), context, use_cache=wire.use_cache)
     if wire.response_format == "url":
         base = public_base_url(
             request.headers,

@@ -15,7 +15,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from ..backends import MAX_IMAGES
 from ..errors import InvalidRequestError
 from ..imaging import ImageSize
-from ..service import MAX_SEED
+from ..service import MAX_SEED, ImageRequest
 
 MAX_PROMPT_CHARS = 32_000
 _SEEDS_TEXT = r"^ *\[? *[0-9]{1,10}( *, *[0-9]{1,10})* *\]? *$"
@@ -245,6 +245,20 @@ class GenerationBody(BaseModel):
         if self.n is not None:
             return self.n
         return len(self.seeds) if self.seeds is not None else 1
+
+    def image_request(self) -> ImageRequest:
+        """What this body asks the ImageService for."""
+        return ImageRequest(
+            prompt=self.prompt,
+            count=self.count,
+            size=self.size,
+            seeds=self.seed_tuple,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            negative_prompt=self.negative_prompt or None,
+            model=self.model,
+            source="api",
+        )
 
     @property
     def seed_tuple(self) -> tuple[int, ...] | None:
