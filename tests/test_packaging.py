@@ -205,7 +205,9 @@ def test_environment_variables_are_read_by_the_app(info: ET.Element) -> None:
 def test_environment_defaults_are_accepted_by_the_app(info: ET.Element) -> None:
     defaults = {name: (variable.findtext("default") or "") for name, variable in environment_variables(info).items()}
     settings = load_settings({**defaults, "APP_PORT": "9033"}, field_ids=tuple(RuntimeConfig.model_fields))
-    config = config_from_values({}, settings.config_defaults)
+    assert settings.config_defaults["backend"] == "auto"  # AppAPI deploys with these: "auto" must survive it
+    assert config_from_values({}, settings.config_defaults, automatic="remote").backend == "remote"
+    config = config_from_values({}, settings.config_defaults, automatic="local")
     assert config.backend == "local"
     assert config.remote_preset == "ionos"
     assert settings.poll_interval == 5
