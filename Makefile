@@ -19,7 +19,7 @@ LOCK_FLAGS      := --extra local --generate-hashes --only-binary :all: --python-
                    --custom-compile-command "make lock (uv $(UV_VERSION); CPython 3.11, linux x86_64 only)"
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check lint format bench lock docker-build docker-push register unregister e2e tiny-model
+.PHONY: help install run test check lint format bench lock docker-build docker-push register unregister e2e tiny-model translations
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -36,20 +36,24 @@ install: $(STAMP) ## create .venv with the app, the local backend and the dev to
 run: $(STAMP) ## run the app (standalone without NEXTCLOUD_URL; as an ExApp with NEXTCLOUD_URL + APP_SECRET)
 	APP_PORT=$(APP_PORT) $(BIN)/python -m text2image_hub
 
+translations: $(STAMP) ## bring the catalogues in translationfiles/ up to date with the code and compile them (.mo)
+	$(BIN)/python scripts/translations.py extract
+	$(BIN)/python scripts/translations.py compile
+
 tiny-model: $(STAMP) ## create a tiny random-weights model in models/tiny-sdxl (smoke test only, not a real model)
 	$(BIN)/python -m tests.tiny_models models/tiny-sdxl
 	@echo "try it: T2I_MODEL_PATH=models/tiny-sdxl make run   (the folder says it is SDXL-Turbo-shaped)"
 
 lint: $(STAMP) ## ruff lint + format check
-	$(BIN)/ruff check lib tests bench
-	$(BIN)/ruff format --check lib tests bench
+	$(BIN)/ruff check lib tests bench scripts
+	$(BIN)/ruff format --check lib tests bench scripts
 
 format: $(STAMP) ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix lib tests bench
-	$(BIN)/ruff format lib tests bench
+	$(BIN)/ruff check --fix lib tests bench scripts
+	$(BIN)/ruff format lib tests bench scripts
 
 check: lint ## lint + mypy --strict
-	$(BIN)/mypy lib/text2image_hub tests bench
+	$(BIN)/mypy lib/text2image_hub tests bench scripts/translations.py
 
 test: check ## all checks: ruff, mypy --strict, pytest
 	$(BIN)/pytest

@@ -7,7 +7,9 @@ through nc_py_api 0.30.3 and for what users and admins do around it:
   capabilities (with ``app_api``), AppAPI's provider / settings-form / ``appconfig_ex`` / log / init-status /
   enabled-state endpoints under ``/ocs/v1.php/apps/app_api`` (OCS v1: errors are mostly HTTP 200 with
   ``meta.statuscode`` 404; bad auth is HTTP 401 statuscode 997), and the TaskProcessing provider endpoints under
-  ``/ocs/v2.php/taskprocessing/tasks_provider`` (bad auth: HTTP 412 ``{"message": "ExApp required"}``).
+  ``/ocs/v2.php/taskprocessing/tasks_provider`` (bad auth: HTTP 412 ``{"message": "ExApp required"}``), and the
+  current user's details ``/ocs/v1.php/cloud/user`` (acting as a user: ``language`` is set by
+  :meth:`FakeNextcloud.set_language`; this exchange is not in the recordings: its shape is the Provisioning API's).
 - **Nextcloud -> ExApp**: ``GET /heartbeat``, ``POST /init``, ``PUT /enabled``, ``POST /trigger`` and proxied
   routes, sent with AppAPI's headers. Calls nest: the ExApp's ``set_init_status(100)`` is answered only after the
   fake has called ``/heartbeat`` and ``/enabled?enabled=1``; a user's schedule is answered only after ``/trigger``
@@ -476,6 +478,8 @@ class FakeNextcloud:
         self.trigger_timeout = trigger_timeout
         self._default_trigger_timeout = trigger_timeout
         self.loglevel = loglevel
+        self.accept_language = "en"
+        """What AppAPI's calls send as Accept-Language (from occ: the server's default language)."""
         self.admin_password = "admin-password-" + secrets.token_hex(4)
         self.alice_password = "alice-password-" + secrets.token_hex(4)
         self._routes_declared: list[tuple[re.Pattern[str], frozenset[str], int]] = [
@@ -505,6 +509,7 @@ class FakeNextcloud:
             self._config: dict[str, _ConfigRow] = {}
             self._ciphertexts: dict[str, str] = {}
             self._preferences: dict[str, str] = {}
+            self._languages: dict[str, str] = {}
             self._tasks: dict[int, _Task] = {}
             self._files: dict[int, _File] = {}
             self._logs: list[JsonDict] = []
@@ -567,6 +572,11 @@ class FakeNextcloud:
         token = base64.b64encode(f"{login}:{password}".encode()).decode()
         return {"Authorization": f"Basic {token}"}
 
+    def set_language(self, user: str, language: str) -> None:
+        """The user's language setting (Personal settings → Language), as ``/cloud/user`` reports it."""
+        with self._lock:
+            self._languages[user] = language
+
     def _users(self) -> dict[str, tuple[str, bool]]:
         return {"admin": (self.admin_password, True), "alice": (self.alice_password, False)}
 
@@ -597,7 +607,7 @@ class FakeNextcloud:
             "AA-REQUEST-ID": request_id,
         }
         if accept_language:
-            headers["Accept-Language"] = "en"
+            headers["Accept-Language"] = self.accept_language
         headers["User-Agent"] = f"Nextcloud-Server-Crawler/{NEXTCLOUD_VERSION}"
         return headers
 
@@ -1424,6 +1434,7 @@ class FakeNextcloud:
             ("POST", app_api + r"/api/v1/log", self._h_log, Auth.APP_OCS_V1),
             ("PUT", app_api + r"/ex-app/status", self._h_init_status, Auth.APP_OCS_V1),
             ("GET", app_api + r"/ex-app/state", self._h_state, Auth.APP_OCS_V1),
+            ("GET", r"/ocs/v[12]\.php/cloud/user", self._h_current_user, Auth.NONE),
             ("GET", tp + r"/tasks_provider/next", self._h_next, Auth.EXAPP_V2),
             ("GET", tp + r"/tasks_provider/next_batch", self._h_next_batch, Auth.EXAPP_V2),
             ("POST", tp + r"/tasks_provider/(?P<task_id>\d+)/progress", self._h_progress, Auth.EXAPP_V2),
@@ -1620,6 +1631,33 @@ class FakeNextcloud:
 
     async def _h_state(self, req: _Req) -> Response:
         return _ocs_v1(req, 1 if self._enabled else 0)
+
+    async def _h_current_user(self, req: _Req) -> Response:
+        """The caller's own details (Provisioning API): an ExApp acting as a user (AppAPI auth with a user id) or a
+        user with basic auth. ``language`` is the user's setting, else the installation's default (``en``)."""
+        user = self._app_auth(req) if "authorization-app-api" in req.headers else self._basic_user(req)[0]
+        if not user or user not in self._users():
+            return self._not_logged_in(req)
+        with self._lock:
+            language = self._languages.get(user, "en")
+        data = {
+            "enabled": True,
+            "id": user,
+            "lastLogin": _now() * 1000,
+            "backend": "Database",
+            "subadmin": [],
+            "quota": {"quota": "none", "used": 0},
+            "email": None,
+            "displayname": user,
+            "display-name": user,
+            "groups": ["admin"] if self._is_admin(user) else [],
+            "language": language,
+            "locale": "",
+            "backendCapabilities": {"setDisplayName": True, "setPassword": True},
+        }
+        if req.request.url.path.startswith("/ocs/v2.php/"):
+            return _ocs_v2(req, data, user=user)
+        return _ocs_v1(req, data)
 
     # ---- ExApp -> Nextcloud: TaskProcessing provider endpoints -----------------------------------------------------
 

@@ -370,7 +370,7 @@ def test_backend_errors_use_their_status_code_and_user_message(api: Running) -> 
         busy = client.post("/v1/images/generations", json={"prompt": "x"})
     error = error_of(oom, 500)
     assert (error["code"], error["type"]) == ("GPU_OUT_OF_MEMORY", "server_error")
-    assert error["message"] == GpuOutOfMemoryError.default_user_message
+    assert error["message"] == str(GpuOutOfMemoryError.default_user_message)
     assert "0x7f" not in oom.text
     assert error_of(unavailable, 503)["code"] == "BACKEND_UNAVAILABLE"
     assert "/data/models" not in unavailable.text

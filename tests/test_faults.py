@@ -167,7 +167,7 @@ def test_an_outage_longer_than_the_delivery_deadline_ends_failed_with_a_true_log
         task = nextcloud.wait_for_task(task_id, timeout=10)
     noticed = time.monotonic() - returned
     assert task["status"] == FAILED
-    assert task["userFacingErrorMessage"] == UNDELIVERED_MESSAGE
+    assert task["userFacingErrorMessage"] == str(UNDELIVERED_MESSAGE)
     assert noticed < timing.poll_interval + 2, "the worker notices Nextcloud's return within a poll interval"
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     given_up = [re.search(r"did not take the upload for (\d+) s", message) for message in errors]

@@ -44,9 +44,23 @@ def test_declaration_lists_the_backend_sizes_with_defaults():
     declaration = provider_declaration(instant_model(), ImageSize(512, 512))
     assert declaration.id == PROVIDER_ID
     assert declaration.task_type == "core:text2image"
-    assert [shape.name for shape in declaration.optional_input_shape] == ["size", "seed"]
+    assert [shape.name for shape in declaration.optional_input_shape] == ["size", "style", "seed"]
     values = [value.value for value in declaration.optional_input_shape_enum_values["size"]]
     assert values == ["256x256", "512x512", "1024x1024", "1024x768"]
-    assert declaration.optional_input_shape_defaults == {"size": "512x512", "seed": -1}
+    styles = [value.value for value in declaration.optional_input_shape_enum_values["style"]]
+    assert styles[0] == "none"
+    assert {"photograph", "watercolour", "pixel_art"} <= set(styles)
+    assert declaration.optional_input_shape_defaults == {"size": "512x512", "style": "none", "seed": -1}
     assert declaration.input_shape_defaults == {"numberOfImages": 1}
     assert declaration.expected_runtime >= 1
+
+
+def test_declaration_without_styles_when_the_admin_turned_them_off():
+    declaration = provider_declaration(instant_model(), ImageSize(512, 512), styles=False)
+    assert [shape.name for shape in declaration.optional_input_shape] == ["size", "seed"]
+    assert "style" not in declaration.optional_input_shape_enum_values
+
+
+def test_parse_keeps_the_style_for_the_service_to_check():
+    assert TaskInput.parse({"input": "x", "style": "watercolour"}).style == "watercolour"
+    assert TaskInput.parse({"input": "x", "style": ""}).style is None

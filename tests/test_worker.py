@@ -34,7 +34,7 @@ def test_enable_registers_the_provider_and_the_form(registered):
     provider = runner.nextcloud.providers[PROVIDER_ID]
     assert provider["task_type"] == "core:text2image"
     names = [shape["name"] for shape in provider["optional_input_shape"]]
-    assert names == ["size", "seed"]
+    assert names == ["size", "style", "seed"]
     assert provider["optional_input_shape_defaults"]["size"] == "512x512"
     assert "admin_settings" in runner.nextcloud.forms
     assert runner.nextcloud.appconfig["remote_api_key"]["sensitive"] in (1, True)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from .errors import ConfigurationError, InvalidRequestError
 from .imaging import ImageSize
+from .policy import PromptPolicy, compile_terms
 
 FORM_ID = "admin_settings"  # must not contain "<appid>_": the settings page strips it and saves silently fail
 SENSITIVE_FIELDS = ("remote_api_key", "api_keys")
@@ -27,6 +28,16 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 BackendChoice = Literal["auto", "local", "remote", "local_then_remote"]
 AutomaticBackend = Literal["local", "remote"]
 PresetChoice = Literal["ionos", "openai", "custom"]
+LanguageChoice = Literal["", "en", "de", "de_DE", "es", "fr", "it", "nl"]
+LANGUAGE_NAMES = {
+    "en": "English",
+    "de": "Deutsch (Du)",
+    "de_DE": "Deutsch (Sie)",
+    "es": "Español",
+    "fr": "Français",
+    "it": "Italiano",
+    "nl": "Nederlands",
+}
 
 
 class RuntimeConfig(BaseModel):
@@ -54,6 +65,10 @@ class RuntimeConfig(BaseModel):
     local_wait_limit: float = Field(30.0, ge=0, le=3600)
     api_keys: SecretStr = SecretStr("")
     api_rate_limit: int = Field(0, ge=0, le=100_000)
+    styles: bool = True
+    blocked_terms: str = Field("", max_length=20_000)
+    blocked_message: str = Field("", max_length=500)
+    language: LanguageChoice = ""
 
     @field_validator("remote_base_url")
     @classmethod
@@ -73,7 +88,7 @@ class RuntimeConfig(BaseModel):
         except InvalidRequestError as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("watermark", "include_prompt_in_metadata", mode="before")
+    @field_validator("watermark", "include_prompt_in_metadata", "styles", mode="before")
     @classmethod
     def _flag(cls, value: object) -> object:
         if isinstance(value, str):
@@ -90,6 +105,15 @@ class RuntimeConfig(BaseModel):
         if isinstance(value, str) and _CIPHERTEXT.match(value.strip()):
             raise ValueError("is stored encrypted by an older setup: enter it again in the admin settings")
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("blocked_terms")
+    @classmethod
+    def _terms(cls, value: str) -> str:
+        compile_terms(value)  # a ValueError names the bad regular expression
+        return value
+
+    def prompt_policy(self) -> PromptPolicy:
+        return PromptPolicy.from_settings(self.blocked_terms, self.blocked_message)
 
     def api_key_list(self) -> tuple[str, ...]:
         return tuple(key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip())
@@ -276,6 +300,43 @@ def settings_form(
                 type=SettingsFieldType.NUMBER,
                 default=defaults["local_wait_limit"],
                 description="With the fallback: how long a task waits for a busy local GPU before going remote.",
+            ),
+            SettingsField(
+                id="styles",
+                title="Styles",
+                type=SettingsFieldType.CHECKBOX,
+                default=defaults["styles"],
+                label="Offer styles (photograph, watercolour, pixel art, …) in the Assistant and on /v1",
+                description="A style adds a few words to the prompt; they count against the remote prompt limit.",
+            ),
+            SettingsField(
+                id="blocked_terms",
+                title="Blocked terms",
+                type=SettingsFieldType.TEXT,
+                default=defaults["blocked_terms"],
+                placeholder="term one; term two; re:regular expression",
+                description="Prompts containing one of these words are refused before anything is generated or "
+                "sent anywhere. Separate terms with ';'. Whole words, any case; 're:' starts a regular expression.",
+            ),
+            SettingsField(
+                id="blocked_message",
+                title="Message for a refused prompt",
+                type=SettingsFieldType.TEXT,
+                default=defaults["blocked_message"],
+                placeholder="This request is not allowed on this server.",
+                description="What the user reads; empty: the default, in the user's language.",
+            ),
+            SettingsField(
+                id="language",
+                title="Language of the provider's texts",
+                type=SettingsFieldType.SELECT,
+                default=defaults["language"],
+                options={
+                    "Automatic: the language Nextcloud used when the app was enabled": "",
+                    **{name: code for code, name in LANGUAGE_NAMES.items()},
+                },
+                description="Used for the provider's name and options in the Assistant, and for the messages of "
+                "users whose language is not known. Each user's own messages are in their language.",
             ),
             SettingsField(
                 id="api_keys",

@@ -20,6 +20,7 @@ from .api import ApiState, install_api
 from .auth import appapi_user
 from .backends import BackendSet
 from .errors import ConfigurationError, NextcloudUnavailableError, Text2ImageError
+from .i18n import Languages
 from .journal import TaskJournal
 from .metrics import Metrics
 from .nextcloud import NextcloudGateway, NextcloudLogForwarder
@@ -123,7 +124,10 @@ def create_app(
         if gateway is not None:
             registration = Registration(gateway, functools.partial(_form, settings))
             journal = TaskJournal(settings.persistent_storage)
-            worker = TaskWorker(gateway, service, backend_set, config, registration, journal, timing, metrics)
+            languages = Languages(settings.persistent_storage)
+            worker = TaskWorker(
+                gateway, service, backend_set, config, registration, journal, timing, metrics, languages
+            )
             metrics.track_tasks_in_progress(lambda: worker.busy)
             exapp = ExAppParts(gateway, worker)
         api = ApiState.create(settings, metrics)
@@ -177,8 +181,9 @@ def _add_lifecycle_routes(app: FastAPI) -> None:
         return {}
 
     @app.put("/enabled", dependencies=appapi, include_in_schema=False)
-    async def enabled(enabled: bool, hub: HubDep) -> JSONResponse:
-        return JSONResponse({"error": await _set_enabled(hub, enabled)})
+    async def enabled(enabled: bool, hub: HubDep, request: Request) -> JSONResponse:
+        language = request.headers.get("accept-language")
+        return JSONResponse({"error": await _set_enabled(hub, enabled, language)})
 
     @app.post("/trigger", dependencies=appapi, include_in_schema=False)
     async def trigger(providerId: str, hub: HubDep) -> dict[str, Any]:  # AppAPI's query name
@@ -235,10 +240,11 @@ async def _initialize(hub: Hub, gateway: NextcloudGateway) -> None:
         logger.error("could not report the init status to Nextcloud: %s", exc)
 
 
-async def _set_enabled(hub: Hub, enabled: bool) -> str:
+async def _set_enabled(hub: Hub, enabled: bool, language: str | None = None) -> str:
     """/enabled: register (or withdraw) the form and the provider. A transient Nextcloud error (a timeout, a
     maintenance window, a registration that collided with another) is retried for up to ``ENABLE_RETRY_SECONDS``
-    rather than returned: AppAPI leaves an app whose /enabled failed disabled."""
+    rather than returned: AppAPI leaves an app whose /enabled failed disabled. ``language``: the Accept-Language
+    AppAPI sent (the installation's language, unless the admin chose one)."""
     parts = hub.nextcloud()
     deadline = time.monotonic() + ENABLE_RETRY_SECONDS
     delay = 0.5
@@ -246,7 +252,7 @@ async def _set_enabled(hub: Hub, enabled: bool) -> str:
         try:
             if enabled:
                 await parts.gateway.ensure_sensitive_keys(SENSITIVE_FIELDS)
-                await parts.worker.enable()
+                await parts.worker.enable(language)
             else:
                 await parts.worker.disable()
             break

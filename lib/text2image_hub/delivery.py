@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from .errors import NextcloudUnavailableError
+from .i18n import Message, _
 from .journal import JournalEntry, TaskJournal
 from .nextcloud import STATUS_CANCELLED
 from .service import GenerationResult
@@ -25,8 +26,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+Render = Callable[[Message | str, str], str]
+"""A user's message in a language ("" for the installation's)."""
 
-UNDELIVERED_MESSAGE = "Your image was made, but the server could not store it in time. Please try again."
+UNDELIVERED_MESSAGE = _("Your image was made, but the server could not store it in time. Please try again.")
 
 
 class Backoff:
@@ -49,8 +52,9 @@ class _Abandoned(Exception):
 
 
 class Delivery:
-    def __init__(self, gateway: TaskGateway, journal: TaskJournal, timing: WorkerTiming) -> None:
+    def __init__(self, gateway: TaskGateway, journal: TaskJournal, timing: WorkerTiming, render: Render) -> None:
         self._gateway = gateway
+        self._render = render
         self._journal = journal
         self._timing = timing
         self.undelivered = False
@@ -90,9 +94,11 @@ class Delivery:
             time.perf_counter() - started,
         )
 
-    async def failure(self, entry: JournalEntry, admin_message: str, user_message: str) -> None:
-        """Report the task FAILED; the journal entry goes once Nextcloud has the outcome."""
+    async def failure(self, entry: JournalEntry, admin_message: str, user_text: Message | str) -> None:
+        """Report the task FAILED, its user's message in their language; the journal entry goes once Nextcloud has
+        the outcome."""
         task_id = entry.task_id
+        user_message = self._render(user_text, entry.language)
         try:
             report = functools.partial(self._gateway.report_failure, task_id, admin_message, user_message)
             await self._retry(task_id, "report", report)
@@ -103,7 +109,7 @@ class Delivery:
 
     async def _keep_failure(self, entry: JournalEntry, reason: str) -> None:
         """Nextcloud did not answer in time: keep the failure in the journal and report it once it answers again."""
-        failure = entry.failure or (reason, UNDELIVERED_MESSAGE)
+        failure = entry.failure or (reason, self._render(UNDELIVERED_MESSAGE, entry.language))
         await self._journal.write(replace(entry, failure=failure))
         self.undelivered = True
         logger.error(

@@ -2,9 +2,10 @@
 
 Every error we raise on purpose derives from ``Text2ImageError`` and knows how it is shown:
 
-- ``str(error)`` is the admin-facing message (logs, ``errorMessage`` of a failed task, nextcloud.log);
-- ``error.user_message`` is what a Nextcloud user or an API client reads (``userFacingErrorMessage``,
-  the OpenAI envelope's ``message``); it never holds a secret;
+- ``str(error)`` is the admin-facing message (logs, ``errorMessage`` of a failed task, nextcloud.log), in English;
+- ``error.user_text`` is what a Nextcloud user or an API client reads, as a translatable ``i18n.Message``
+  (``userFacingErrorMessage`` in the user's language; ``error.user_message`` is its English, for the OpenAI
+  envelope's ``message``); it never holds a secret;
 - ``error.http_status``, ``error.error_type`` and ``error.code`` build the OpenAI error envelope.
 
     Text2ImageError
@@ -30,6 +31,8 @@ Foreign exceptions are wrapped once, where the foreign library is called (``rais
 
 from __future__ import annotations
 
+from .i18n import Message, _
+
 
 class Text2ImageError(Exception):
     """Base of every error text2image_hub raises on purpose."""
@@ -37,21 +40,26 @@ class Text2ImageError(Exception):
     http_status = 500
     error_type = "server_error"
     code = "INTERNAL_ERROR"
-    default_user_message = "The image could not be generated because of an internal error."
+    default_user_message: Message = _("The image could not be generated because of an internal error.")
 
     def __init__(
         self,
-        message: str,
+        message: str | Message,
         *,
-        user_message: str | None = None,
+        user_message: str | Message | None = None,
         code: str | None = None,
         param: str | None = None,
     ) -> None:
-        super().__init__(message)
-        self.user_message = user_message if user_message is not None else self.default_user_message
+        super().__init__(str(message))
+        self.user_text: Message | str = user_message if user_message is not None else self.default_user_message
         if code is not None:
             self.code = code
         self.param = param
+
+    @property
+    def user_message(self) -> str:
+        """The user's message in English."""
+        return str(self.user_text)
 
 
 class InvalidRequestError(Text2ImageError):
@@ -61,7 +69,7 @@ class InvalidRequestError(Text2ImageError):
     error_type = "invalid_request_error"
     code = "INVALID_REQUEST"
 
-    def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
+    def __init__(self, message: str | Message, *, code: str, param: str | None = None) -> None:
         super().__init__(message, user_message=message, code=code, param=param)
 
 
@@ -70,7 +78,7 @@ class AuthenticationError(Text2ImageError):
     error_type = "authentication_error"
     code = "INVALID_API_KEY"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str | Message) -> None:
         super().__init__(message, user_message=message)
 
 
@@ -79,7 +87,7 @@ class NotFoundError(Text2ImageError):
     error_type = "not_found_error"
     code = "NOT_FOUND"
 
-    def __init__(self, message: str, *, code: str = "NOT_FOUND", param: str | None = None) -> None:
+    def __init__(self, message: str | Message, *, code: str = "NOT_FOUND", param: str | None = None) -> None:
         super().__init__(message, user_message=message, code=code, param=param)
 
 
@@ -87,23 +95,23 @@ class RateLimitError(Text2ImageError):
     http_status = 429
     error_type = "rate_limit_error"
     code = "RATE_LIMITED"
-    default_user_message = "Too many image requests; try again in a minute."
+    default_user_message = _("Too many image requests; try again in a minute.")
 
-    def __init__(self, message: str, *, retry_after: float, user_message: str | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float, user_message: str | Message | None = None) -> None:
         super().__init__(message, user_message=user_message)
         self.retry_after = retry_after
 
 
 class RemoteBusyError(RateLimitError):
     code = "REMOTE_BUSY"
-    default_user_message = "The image service is busy, try again in a minute."
+    default_user_message = _("The image service is busy, try again in a minute.")
 
 
 class ConfigurationError(Text2ImageError):
     """An admin setting is missing or invalid; ``field`` names it."""
 
     code = "CONFIGURATION_ERROR"
-    default_user_message = (
+    default_user_message = _(
         "Image generation is not set up correctly on this server. Please ask your administrator to check the "
         "settings of the Text2Image Hub app."
     )
@@ -117,7 +125,7 @@ class BackendUnavailableError(Text2ImageError):
     http_status = 503
     error_type = "service_unavailable"
     code = "BACKEND_UNAVAILABLE"
-    default_user_message = "The image generator is starting or unavailable right now; try again in a few minutes."
+    default_user_message = _("The image generator is starting or unavailable right now; try again in a few minutes.")
 
 
 class BackendBusyError(BackendUnavailableError):
@@ -128,23 +136,23 @@ class BackendBusyError(BackendUnavailableError):
 
 class GenerationError(Text2ImageError):
     code = "GENERATION_FAILED"
-    default_user_message = "The image could not be generated. Try again, or try another prompt."
+    default_user_message = _("The image could not be generated. Try again, or try another prompt.")
 
 
 class GpuOutOfMemoryError(GenerationError):
     code = "GPU_OUT_OF_MEMORY"
-    default_user_message = "Image too large for this server's GPU, try a smaller size or fewer images."
+    default_user_message = _("Image too large for this server's GPU, try a smaller size or fewer images.")
 
 
 class RemoteServiceError(GenerationError):
     http_status = 502
     code = "REMOTE_ERROR"
-    default_user_message = "The image service reported an error. Try again later."
+    default_user_message = _("The image service reported an error. Try again later.")
 
 
 class RemoteAuthError(RemoteServiceError):
     code = "REMOTE_AUTH_FAILED"
-    default_user_message = (
+    default_user_message = _(
         "The image service refused this server's access: please ask your administrator to check the remote "
         "service token in the Text2Image Hub settings."
     )
@@ -156,7 +164,7 @@ class RemoteRejectedError(RemoteServiceError):
     http_status = 400
     error_type = "invalid_request_error"
     code = "REMOTE_REJECTED"
-    default_user_message = "The image service refused this request. Please change it and try again."
+    default_user_message = _("The image service refused this request. Please change it and try again.")
 
 
 class RemoteTimeoutError(RemoteServiceError):
@@ -164,18 +172,18 @@ class RemoteTimeoutError(RemoteServiceError):
 
     http_status = 504
     code = "REMOTE_TIMEOUT"
-    default_user_message = "The image service did not answer in time. Please try again later."
+    default_user_message = _("The image service did not answer in time. Please try again later.")
 
 
 class GenerationCancelledError(Text2ImageError):
     http_status = 409
     error_type = "invalid_request_error"
     code = "CANCELLED"
-    default_user_message = "The task was cancelled."
+    default_user_message = _("The task was cancelled.")
 
 
 class NextcloudUnavailableError(Text2ImageError):
     http_status = 503
     error_type = "service_unavailable"
     code = "NEXTCLOUD_UNAVAILABLE"
-    default_user_message = "Nextcloud is not reachable right now."
+    default_user_message = _("Nextcloud is not reachable right now.")

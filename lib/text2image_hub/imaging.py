@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InvalidRequestError
+from .i18n import _
 
 _SIZE_PATTERN = re.compile(r"^\s*(\d{2,5})\s*[xX×]\s*(\d{2,5})\s*$")
 WATERMARK_TEXT = "AI-generated"
@@ -33,7 +34,7 @@ class ImageSize:
         match = _SIZE_PATTERN.match(text)
         if match is None:
             raise InvalidRequestError(
-                f"Invalid size {text[:40]!r}: write it as WIDTHxHEIGHT, for example 1024x1024.",
+                _("Invalid size {size}: write it as WIDTHxHEIGHT, for example 1024x1024.", size=repr(text[:40])),
                 code="INVALID_SIZE",
                 param="size",
             )
@@ -80,6 +81,7 @@ class Provenance:
     size: ImageSize
     app_version: str
     prompt: str | None = None
+    style: str | None = None
 
     def text_chunks(self) -> dict[str, str]:
         chunks = {
@@ -92,6 +94,8 @@ class Provenance:
         }
         if self.seed is not None:
             chunks["Seed"] = str(self.seed)
+        if self.style is not None:
+            chunks["Style"] = self.style
         if self.prompt is not None:
             chunks["Prompt"] = self.prompt
         return chunks

@@ -37,6 +37,7 @@ class JournalEntry:
     input: dict[str, Any] = field(repr=False)  # holds the prompt: not for logs
     include_watermark: bool = True
     claimed_at: float = 0.0  # wall-clock time
+    language: str = ""  # the user's, for their messages ("" for the installation's)
     attempts: int = 0
     failure: tuple[str, str] | None = None
 
@@ -46,6 +47,7 @@ class JournalEntry:
             "input": self.input,
             "include_watermark": self.include_watermark,
             "claimed_at": self.claimed_at,
+            "language": self.language,
             "attempts": self.attempts,
             "failure": list(self.failure) if self.failure else None,
         }
@@ -58,6 +60,7 @@ class JournalEntry:
             input=dict(data.get("input") or {}),
             include_watermark=bool(data.get("include_watermark", True)),
             claimed_at=float(data.get("claimed_at") or 0.0),
+            language=str(data.get("language") or ""),
             attempts=int(data.get("attempts") or 0),
             failure=(str(failure[0]), str(failure[1])) if isinstance(failure, list) and len(failure) == 2 else None,
         )
@@ -68,8 +71,10 @@ class TaskJournal:
         self._folder = storage / FOLDER
         self._clock = clock
 
-    def new_entry(self, task_id: int, task_input: dict[str, Any], include_watermark: bool) -> JournalEntry:
-        return JournalEntry(task_id, task_input, include_watermark, claimed_at=self._clock())
+    def new_entry(
+        self, task_id: int, task_input: dict[str, Any], include_watermark: bool, language: str = ""
+    ) -> JournalEntry:
+        return JournalEntry(task_id, task_input, include_watermark, claimed_at=self._clock(), language=language)
 
     def age(self, entry: JournalEntry) -> float:
         return self._clock() - entry.claimed_at

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,6 +42,7 @@ class ClaimedTask:
     id: int
     input: dict[str, Any] = field(repr=False)  # holds the prompt: not for logs
     include_watermark: bool = True
+    user_id: str | None = None
 
 
 def _unavailable(exc: Exception, what: str) -> NextcloudUnavailableError:
@@ -50,19 +52,29 @@ def _unavailable(exc: Exception, what: str) -> NextcloudUnavailableError:
 
 
 _FAILURES = (NextcloudException, niquests.exceptions.RequestException, OSError)
+LANGUAGE_TTL = 600.0
+"""Seconds a user's language is remembered."""
+
+
+def _client(settings: Settings) -> AsyncNextcloudApp:
+    return AsyncNextcloudApp(  # type: ignore[no-untyped-call]  # nc_py_api takes **kwargs
+        nextcloud_url=settings.nextcloud_url,
+        app_id=settings.app_id,
+        app_version=settings.app_version,
+        app_secret=settings.app_secret_value,
+        npa_timeout=settings.nextcloud_timeout,
+    )
 
 
 class NextcloudGateway:
     """Claim, progress, upload, report, configuration and logging, with failures made visible."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._nc = AsyncNextcloudApp(  # type: ignore[no-untyped-call]  # nc_py_api takes **kwargs
-            nextcloud_url=settings.nextcloud_url,
-            app_id=settings.app_id,
-            app_version=settings.app_version,
-            app_secret=settings.app_secret_value,
-            npa_timeout=settings.nextcloud_timeout,
-        )
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._nc = _client(settings)
+        self._as_user = _client(settings)  # acts as one user at a time (set_user), for what only the user may read
+        self._as_user_lock = asyncio.Lock()
+        self._languages: dict[str, tuple[float, str]] = {}
+        self._clock = clock
 
     # --- TaskProcessing -------------------------------------------------------------------------------------------
     async def claim_next(self, provider_id: str) -> ClaimedTask | None:
@@ -76,6 +88,7 @@ class NextcloudGateway:
             id=int(task["id"]),
             input=dict(task.get("input") or {}),
             include_watermark=bool(task.get("includeWatermark", True)),
+            user_id=str(task["userId"]) if task.get("userId") else None,
         )
 
     async def set_progress(self, task_id: int, percent: float) -> str:
@@ -170,11 +183,28 @@ class NextcloudGateway:
         except _FAILURES:
             logger.debug("could not forward a log record to Nextcloud", exc_info=True)
 
+    async def user_language(self, user_id: str) -> str | None:
+        """The user's Nextcloud language (``de``, ``pt_BR``, …), remembered for ``LANGUAGE_TTL``; None when Nextcloud
+        cannot tell (the caller then uses the installation's language: a language is never worth failing for)."""
+        known = self._languages.get(user_id)
+        if known is not None and self._clock() - known[0] < LANGUAGE_TTL:
+            return known[1]
+        async with self._as_user_lock:
+            try:
+                await self._as_user.set_user(user_id)
+                language = str((await self._as_user.users.get_user()).language or "")
+            except (*_FAILURES, KeyError, TypeError, ValueError) as exc:
+                logger.debug("the language of a user is unknown (%s)", type(exc).__name__)
+                return None
+        self._languages[user_id] = (self._clock(), language)
+        return language or None
+
     async def aclose(self) -> None:
-        for adapter in ("adapter", "adapter_dav"):
-            session = getattr(self._nc._session, adapter, None)
-            if session is not None:
-                await session.close()
+        for client in (self._nc, self._as_user):
+            for adapter in ("adapter", "adapter_dav"):
+                session = getattr(client._session, adapter, None)
+                if session is not None:
+                    await session.close()
 
 
 def _nextcloud_level(level: int) -> LogLvl:

@@ -7,6 +7,7 @@ Nextcloud checks input types only: an empty prompt, ``numberOfImages: 500`` or `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,30 +20,26 @@ from nc_py_api.ex_app.providers.task_processing import (
 
 from .backends import MAX_IMAGES, ModelInfo
 from .errors import InvalidRequestError
+from .i18n import Message, _
 from .imaging import ImageSize
+from .styles import NO_STYLE, STYLES
 
 PROVIDER_ID = "text2image_hub"
 TASK_TYPE = "core:text2image"
 RANDOM_SEED = -1
 UNCONFIGURED = "not configured"
-_BACKEND_LABELS = {"local": "on this server", "remote": "remote service"}
+_BACKEND_LABELS = {"local": _("on this server"), "remote": _("remote service")}
+Render = Callable[[Message], str]
+"""A text in the language of the provider's declaration."""
 
 
-_SEED_INPUT = ShapeDescriptor(
-    name="seed",
-    description="Seed: the same seed and prompt give the same image; -1 picks a random one",
-    shape_type=ShapeType.NUMBER,
-)
-
-
-def _size_label(size: ImageSize) -> str:
+def _size_label(size: ImageSize) -> Message:
+    dimensions = f"{size.width} × {size.height}"
     if size.width == size.height:
-        shape = "square"
-    elif size.width > size.height:
-        shape = "landscape"
-    else:
-        shape = "portrait"
-    return f"{size.width} × {size.height} ({shape})"
+        return _("{dimensions} (square)", dimensions=dimensions)
+    if size.width > size.height:
+        return _("{dimensions} (landscape)", dimensions=dimensions)
+    return _("{dimensions} (portrait)", dimensions=dimensions)
 
 
 def unconfigured_model() -> ModelInfo:
@@ -61,60 +58,89 @@ def unconfigured_model() -> ModelInfo:
     )
 
 
-def provider_declaration(
-    model: ModelInfo, default_size: ImageSize, *, fallback: bool = False
-) -> TaskProcessingProvider:
-    """Our provider as Assistant shows it: name, honest expected runtime, size choices and a seed."""
+def _name(model: ModelInfo, fallback: bool, render: Render) -> str:
     if model.backend == UNCONFIGURED:
-        name = "Text2Image Hub (not configured yet)"
-    else:
-        where = _BACKEND_LABELS.get(model.backend, model.backend)
-        short_model = model.id.rsplit("/", 1)[-1]
-        name = f"Text2Image Hub: {short_model} ({where}{', remote fallback' if fallback else ''})"
+        return render(_("Text2Image Hub (not configured yet)"))
+    short_model = model.id.rsplit("/", 1)[-1]
+    if fallback:
+        return render(_("Text2Image Hub: {model} (on this server, remote fallback)", model=short_model))
+    where = _BACKEND_LABELS.get(model.backend)
+    return render(
+        _("Text2Image Hub: {model} ({where})", model=short_model, where=render(where) if where else model.backend)
+    )
+
+
+def provider_declaration(
+    model: ModelInfo,
+    default_size: ImageSize,
+    *,
+    render: Render = str,
+    fallback: bool = False,
+    styles: bool = True,
+) -> TaskProcessingProvider:
+    """Our provider as Assistant shows it: name, honest expected runtime, size choices, styles (unless the admin
+    turned them off) and a seed. Its texts are rendered by ``render``, in the installation's language (an input's
+    name is its key in the task input: only its description is text)."""
+    size_help = _("Image size (width × height)")
+    inputs = [ShapeDescriptor(name="size", description=render(size_help), shape_type=ShapeType.ENUM)]
+    enum_values = {"size": [ShapeEnumValue(name=render(_size_label(size)), value=str(size)) for size in model.sizes]}
+    defaults: dict[str, str | int | float] = {"size": str(default_size)}
+    if styles:
+        style_help = _("Style: a look for the image, added to the prompt")
+        inputs.append(ShapeDescriptor(name="style", description=render(style_help), shape_type=ShapeType.ENUM))
+        enum_values["style"] = [ShapeEnumValue(name=render(style.label), value=style.id) for style in STYLES]
+        defaults["style"] = NO_STYLE
+    if model.accepts_seed:  # a remote service that takes no seed gets none
+        seed_help = _("Seed: the same seed and prompt give the same image; -1 picks a random one")
+        inputs.append(ShapeDescriptor(name="seed", description=render(seed_help), shape_type=ShapeType.NUMBER))
+        defaults["seed"] = RANDOM_SEED
     return TaskProcessingProvider(
         id=PROVIDER_ID,
-        name=name,
+        name=_name(model, fallback, render),
         task_type=TASK_TYPE,
         expected_runtime=max(1, math.ceil(model.seconds_per_image + 2)),
-        optional_input_shape=[
-            ShapeDescriptor(name="size", description="Image size (width × height)", shape_type=ShapeType.ENUM),
-            *([_SEED_INPUT] if model.accepts_seed else []),  # a remote service that takes no seed gets none
-        ],
-        optional_input_shape_enum_values={
-            "size": [ShapeEnumValue(name=_size_label(size), value=str(size)) for size in model.sizes],
-        },
-        optional_input_shape_defaults={
-            "size": str(default_size),
-            **({"seed": RANDOM_SEED} if model.accepts_seed else {}),
-        },
+        optional_input_shape=inputs,
+        optional_input_shape_enum_values=enum_values,
+        optional_input_shape_defaults=defaults,
         input_shape_defaults={"numberOfImages": 1},
     )
 
 
 @dataclass(frozen=True)
 class TaskInput:
-    """A validated task input: prompt, count, size (None → default) and seed (None → random)."""
+    """A validated task input: prompt, count, size (None → default), seed (None → random) and style (None → none;
+    checked against the styles by ``ImageService.resolve``)."""
 
     prompt: str
     count: int
     size: ImageSize | None
     seed: int | None
+    style: str | None = None
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> TaskInput:
         prompt = raw.get("input")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidRequestError("Please describe the image you want: the prompt is empty.", code="MISSING_PROMPT")
+            raise InvalidRequestError(
+                _("Please describe the image you want: the prompt is empty."), code="MISSING_PROMPT"
+            )
         count = raw.get("numberOfImages")
         count = 1 if count is None else count  # absent or null: the declared default
-        return cls(prompt.strip(), _count(count), _size(raw.get("size")), _seed(raw.get("seed")))
+        style = raw.get("style")
+        return cls(
+            prompt.strip(),
+            _count(count),
+            _size(raw.get("size")),
+            _seed(raw.get("seed")),
+            style if isinstance(style, str) and style.strip() else None,
+        )
 
 
 def _count(value: object) -> int:
     number = _integer(value)
     if number is None or not 1 <= number <= MAX_IMAGES:
         raise InvalidRequestError(
-            f"The number of images must be between 1 and {MAX_IMAGES}.",
+            _("The number of images must be between 1 and {most}.", most=MAX_IMAGES),
             code="INVALID_N",
             param="numberOfImages",
         )
@@ -125,7 +151,7 @@ def _size(value: object) -> ImageSize | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str):
-        raise InvalidRequestError("The size must be written as WIDTHxHEIGHT.", code="INVALID_SIZE", param="size")
+        raise InvalidRequestError(_("The size must be written as WIDTHxHEIGHT."), code="INVALID_SIZE", param="size")
     return ImageSize.parse(value)
 
 
@@ -135,7 +161,7 @@ def _seed(value: object) -> int | None:
     number = _integer(value)
     if number is None or not RANDOM_SEED <= number < 2**63:
         raise InvalidRequestError(
-            "The seed must be a whole number (0 or more), or -1 for a random one.", code="INVALID_SEED", param="seed"
+            _("The seed must be a whole number (0 or more), or -1 for a random one."), code="INVALID_SEED", param="seed"
         )
     return None if number == RANDOM_SEED else number
 

@@ -26,8 +26,10 @@ from .errors import (
     InvalidRequestError,
     Text2ImageError,
 )
+from .i18n import Message, _
 from .imaging import ImageSize, Provenance, encode_png, sizes_text
 from .metrics import Metrics
+from .styles import find_style, fit
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class ImageRequest:
     model: str | None = None
     watermark: bool = True
     source: Source = "task"
+    style: str | None = None
+    """A style id (``styles.STYLE_IDS``); None or ``none``: the prompt as written."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ class ImageService:
         self, asked: ImageRequest, config: RuntimeConfig, control: GenerationControl
     ) -> GenerationResult:
         started = time.perf_counter()
+        config.prompt_policy().check(asked.prompt)  # before anything is generated or sent anywhere
         named = await self._named_backend(asked.model, config)
         if named is not None:
             result = await self._run(named, asked, config, control)
@@ -219,7 +224,13 @@ class ImageService:
                     encode_png(
                         generated.image,
                         Provenance(
-                            backend.model.id, backend.name, generated.seed, request.size, self._app_version, prompt
+                            backend.model.id,
+                            backend.name,
+                            generated.seed,
+                            request.size,
+                            self._app_version,
+                            prompt,
+                            request.style,
                         ),
                         watermark=watermark,
                     ),
@@ -239,50 +250,47 @@ class ImageService:
         (the provider then does not declare the seed input: a task can carry one only from before a switch).
         """
         size = self._size(asked, config, model)
-        prompt = self._prompt(asked.prompt, config, model)
-        if not 1 <= asked.count <= min(MAX_IMAGES, model.max_images_per_request):
+        # a task's style is dropped when styles are off (the provider then declares none: one from before the switch)
+        style = find_style(asked.style, enabled=config.styles) if config.styles or asked.source == "api" else None
+        most = min(MAX_IMAGES, model.max_images_per_request)
+        if not 1 <= asked.count <= most:
             raise InvalidRequestError(
-                f"{model.id} makes 1 to {min(MAX_IMAGES, model.max_images_per_request)} images per request.",
+                _("{model} makes 1 to {most} images per request.", model=model.id, most=most),
                 code="INVALID_N",
                 param="n",
             )
         _refuse_unsupported(asked, model)
+        styled = fit(asked.prompt, asked.negative_prompt, style, model, config.prompt_length_policy)
         if asked.seeds is not None and len(asked.seeds) != asked.count:
-            raise InvalidRequestError("Give one seed per image.", code="INVALID_SEEDS", param="seeds")
+            raise InvalidRequestError(_("Give one seed per image."), code="INVALID_SEEDS", param="seeds")
         seeds = None
         if model.accepts_seed:
             seeds = asked.seeds or tuple(secrets.randbelow(MAX_SEED) for _ in range(asked.count))
         return ResolvedRequest(
-            prompt=prompt,
+            prompt=styled.prompt,
             size=size,
             count=asked.count,
             seeds=seeds,
             steps=self._steps(asked, config, model),
             guidance_scale=asked.guidance_scale,
-            negative_prompt=asked.negative_prompt or None,
+            negative_prompt=styled.negative_prompt,
+            style=style.id if style is not None else None,
         )
 
     def _size(self, asked: ImageRequest, config: RuntimeConfig, model: ModelInfo) -> ImageSize:
         size = asked.size or (config.default_size if config.default_size in model.sizes else None) or model.default_size
         if size not in model.sizes:
             raise InvalidRequestError(
-                f"The size {size} is not supported by {model.id}. Supported sizes: {sizes_text(model.sizes)}.",
+                _(
+                    "The size {size} is not supported by {model}. Supported sizes: {sizes}.",
+                    size=str(size),
+                    model=model.id,
+                    sizes=sizes_text(model.sizes),
+                ),
                 code="INVALID_SIZE",
                 param="size",
             )
         return size
-
-    def _prompt(self, prompt: str, config: RuntimeConfig, model: ModelInfo) -> str:
-        limit = model.max_prompt_length
-        if limit is None or len(prompt) <= limit:
-            return prompt
-        if config.prompt_length_policy == "reject":
-            raise InvalidRequestError(
-                f"The prompt is {len(prompt)} characters long; {model.id} accepts at most {limit}. Please shorten it.",
-                code="PROMPT_TOO_LONG",
-                param="prompt",
-            )
-        return prompt[:limit]
 
     def _steps(self, asked: ImageRequest, config: RuntimeConfig, model: ModelInfo) -> int | None:
         if model.steps is None:
@@ -292,7 +300,12 @@ class ImageService:
             return steps
         if asked.steps is not None:
             raise InvalidRequestError(
-                f"{model.id} takes {model.steps.minimum} to {model.steps.maximum} steps.",
+                _(
+                    "{model} takes {low} to {high} steps.",
+                    model=model.id,
+                    low=model.steps.minimum,
+                    high=model.steps.maximum,
+                ),
                 code="INVALID_STEPS",
                 param="steps",
             )
@@ -302,28 +315,34 @@ class ImageService:
 def _refuse_unsupported(asked: ImageRequest, model: ModelInfo) -> None:
     """Parameters ``model`` cannot take, refused by name (tasks never send them: see ``resolve``)."""
     if asked.steps is not None and model.steps is None:
-        raise _unsupported(f"{model.id} takes no 'steps' (the service decides them).", "steps")
+        raise _unsupported(_("{model} takes no 'steps' (the service decides them).", model=model.id), "steps")
     if asked.guidance_scale is not None and not 0.0 <= asked.guidance_scale <= model.max_guidance:
         if model.max_guidance == 0.0:
-            raise _unsupported(f"{model.id} takes no guidance scale.", "guidance_scale")
+            raise _unsupported(_("{model} takes no guidance scale.", model=model.id), "guidance_scale")
         raise InvalidRequestError(
-            f"{model.id} takes a guidance scale from 0 to {model.max_guidance:g}.",
+            _("{model} takes a guidance scale from 0 to {high}.", model=model.id, high=f"{model.max_guidance:g}"),
             code="INVALID_GUIDANCE",
             param="guidance_scale",
         )
     if asked.negative_prompt and not model.supports_negative_prompt:
-        raise _unsupported(f"{model.id} does not support a negative prompt.", "negative_prompt")
+        raise _unsupported(_("{model} does not support a negative prompt.", model=model.id), "negative_prompt")
     if asked.seeds is not None and not model.accepts_seed and asked.source == "api":
-        raise _unsupported(f"{model.id} takes no seed: its images cannot be made again from one.", "seed")
+        raise _unsupported(
+            _("{model} takes no seed: its images cannot be made again from one.", model=model.id), "seed"
+        )
 
 
-def _unsupported(message: str, param: str) -> InvalidRequestError:
+def _unsupported(message: Message, param: str) -> InvalidRequestError:
     return InvalidRequestError(message, code="UNSUPPORTED_PARAMETER", param=param)
 
 
 def _unknown_model(name: str, available: list[str]) -> InvalidRequestError:
     return InvalidRequestError(
-        f"The model '{name[:100]}' does not exist or is not enabled. Available: {', '.join(available) or 'none'}.",
+        _(
+            "The model '{name}' does not exist or is not enabled. Available: {models}.",
+            name=name[:100],
+            models=", ".join(available) or "none",
+        ),
         code="MODEL_NOT_FOUND",
         param="model",
     )

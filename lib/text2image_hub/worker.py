@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ from .errors import (
     NextcloudUnavailableError,
     Text2ImageError,
 )
+from .i18n import Languages, Message, _
 from .journal import JournalEntry, TaskJournal
 from .metrics import Metrics
 from .nextcloud import ClaimedTask
@@ -49,10 +51,10 @@ from .status import SetupStatus, setup_status
 
 logger = logging.getLogger(__name__)
 
-INTERNAL_ERROR_MESSAGE = "The image could not be generated because of an internal error. Please try again later."
-RESTART_MESSAGE = "The image service restarted before your image was ready. Please try again."
-DISABLED_MESSAGE = "The image service was switched off by the administrator before your image was ready."
-GIVEN_UP_MESSAGE = (
+INTERNAL_ERROR_MESSAGE = _("The image could not be generated because of an internal error. Please try again later.")
+RESTART_MESSAGE = _("The image service restarted before your image was ready. Please try again.")
+DISABLED_MESSAGE = _("The image service was switched off by the administrator before your image was ready.")
+GIVEN_UP_MESSAGE = _(
     "This image could not be generated: the image service stopped each time it tried. Please try another prompt or "
     "size, or ask your administrator."
 )
@@ -72,6 +74,8 @@ class TaskGateway(Protocol):
     async def report_failure(self, task_id: int, admin_message: str, user_message: str) -> str: ...
 
     async def enabled(self) -> bool: ...
+
+    async def user_language(self, user_id: str) -> str | None: ...
 
     async def log(self, level: int, message: str) -> None:
         """Write to nextcloud.log; ``level`` is a stdlib ``logging`` level."""
@@ -115,6 +119,7 @@ class TaskWorker:
         journal: TaskJournal,
         timing: WorkerTiming | None = None,
         metrics: Metrics | None = None,
+        languages: Languages | None = None,
     ) -> None:
         self._gateway = gateway
         self._metrics = metrics or Metrics()
@@ -124,7 +129,9 @@ class TaskWorker:
         self._timing = timing or WorkerTiming()
         self._registration = registration
         self._journal = journal
-        self._delivery = Delivery(gateway, journal, self._timing)
+        self._languages = languages or Languages(None)
+        self._language = self._languages.installation()  # the installation's, per the last config read
+        self._delivery = Delivery(gateway, journal, self._timing, self._render)
         self._status: SetupStatus | None = None
         self._wake = asyncio.Event()
         self._enabled: bool | None = None  # None: ask Nextcloud (AppAPI does not call /enabled after a restart)
@@ -138,8 +145,11 @@ class TaskWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    async def enable(self) -> None:
-        """Register the provider and the settings form for the current config and start claiming tasks."""
+    async def enable(self, accept_language: str | None = None) -> None:
+        """Register the provider and the settings form for the current config and start claiming tasks.
+        ``accept_language``: what Nextcloud sent with /enabled (the installation's language, unless the admin
+        chose one)."""
+        self._languages.remember(accept_language)
         await self._sync_registration(enabling=True)
         self._enabled = True
         self._journal_due = True
@@ -204,7 +214,8 @@ class TaskWorker:
             if task is None:
                 return
             logger.debug("task %d claimed", task.id)
-            entry = self._journal.new_entry(task.id, task.input, task.include_watermark)
+            language = await self._gateway.user_language(task.user_id) if task.user_id else None
+            entry = self._journal.new_entry(task.id, task.input, task.include_watermark, language or self._language)
             await self._journal.write(entry)
             self._start(entry)
 
@@ -241,6 +252,7 @@ class TaskWorker:
         except ConfigurationError as exc:
             status = SetupStatus(False, exc.code, str(exc))
         else:
+            self._language = self._languages.installation(config.language)
             await self._backends.prepare(config)
             status = setup_status(config, self._backends)
         await self._note(status)
@@ -258,16 +270,22 @@ class TaskWorker:
             logger.warning("not ready: %s", status.text)
             await self._gateway.log(logging.WARNING, f"Text2Image Hub is not ready: {status.text}")
 
+    def _render(self, message: Message | str, language: str) -> str:
+        return self._languages.render(message, language or self._language)
+
     async def _declaration(self, config: RuntimeConfig | None) -> TaskProcessingProvider:
+        render = functools.partial(self._render, language=self._language)
         if config is None:
-            return provider_declaration(unconfigured_model(), unconfigured_model().default_size)
+            return provider_declaration(unconfigured_model(), unconfigured_model().default_size, render=render)
         try:
             model = await self._service.primary_model(config)
         except (ConfigurationError, BackendUnavailableError):
             model = unconfigured_model()  # the status line (logged on change) says why
         chosen = config.default_size
         default = chosen if chosen is not None and chosen in model.sizes else model.default_size
-        return provider_declaration(model, default, fallback=config.backend == "local_then_remote")
+        return provider_declaration(
+            model, default, render=render, fallback=config.backend == "local_then_remote", styles=config.styles
+        )
 
     # --- the journal --------------------------------------------------------------------------------------------------
     async def _finish_journal(self) -> None:
@@ -315,13 +333,13 @@ class TaskWorker:
         except InvalidRequestError as exc:
             await progress.stop()
             logger.info("task %d refused: %s", entry.task_id, exc)
-            await self._delivery.failure(entry, str(exc), exc.user_message)
+            await self._delivery.failure(entry, str(exc), exc.user_text)
         except Text2ImageError as exc:
             await progress.stop()
             logger.warning("task %d failed: %s", entry.task_id, exc)
             if isinstance(exc, ConfigurationError):
                 await self._gateway.log(logging.ERROR, str(exc))
-            await self._delivery.failure(entry, str(exc), exc.user_message)
+            await self._delivery.failure(entry, str(exc), exc.user_text)
         except asyncio.CancelledError:
             progress.abandon()
             if self._disabling:
@@ -345,6 +363,7 @@ class TaskWorker:
             seeds=seeds,
             watermark=entry.include_watermark,
             source="task",
+            style=request.style,
         )
         await self._journal.started(entry)
         return await self._service.generate(spec, config, control)

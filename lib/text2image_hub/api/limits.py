@@ -23,9 +23,12 @@ from ..admin import RuntimeConfig
 from ..errors import RateLimitError
 from ..service import GenerationResult, ImageRequest
 
-# admin settings that cannot change a generated image (credentials, limits, waiting time)
+# admin settings that cannot change a generated image (credentials, limits, waiting time, messages); the blocked
+# terms stay in the key, so a cached answer was allowed by the policy in force
 _CONFIG_NOT_IN_KEY = frozenset(
     {
+        "language",
+        "blocked_message",
         "api_keys",
         "api_rate_limit",
         "remote_api_key",
@@ -89,6 +92,7 @@ def cache_key(spec: ImageRequest, config: RuntimeConfig) -> str:
         "prompt": spec.prompt,
         "negative_prompt": spec.negative_prompt or "",
         "model": spec.model or "",
+        "style": spec.style or "",
         "size": str(spec.size) if spec.size else "",
         "steps": spec.steps,
         "guidance_scale": spec.guidance_scale,

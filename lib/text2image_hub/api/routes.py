@@ -17,6 +17,7 @@ from ..backends import MAX_IMAGES, ModelInfo
 from ..errors import BackendUnavailableError, ConfigurationError, NotFoundError, RateLimitError
 from ..service import GenerationResult, ImageRequest
 from ..status import STANDALONE_HINT, setup_status
+from ..styles import STYLE_IDS
 from . import docs
 from .access import ApiContext, ContextDep, hub_of
 from .body import read_body
@@ -101,7 +102,10 @@ async def create_images(request: Request, context: ContextDep) -> Response:
 async def list_models(context: ContextDep) -> ModelList:
     models = await context.hub.service.models(context.config)
     started = context.hub.api.started
-    return ModelList(data=[_model_object(model, started, primary=index == 0) for index, model in enumerate(models)])
+    styles = context.config.styles
+    return ModelList(
+        data=[_model_object(model, started, primary=index == 0, styles=styles) for index, model in enumerate(models)]
+    )
 
 
 @router.get(
@@ -114,7 +118,7 @@ async def get_model(model_id: str, context: ContextDep) -> ModelObject:
     models = await context.hub.service.models(context.config)
     for index, model in enumerate(models):
         if model.id == model_id:
-            return _model_object(model, context.hub.api.started, primary=index == 0)
+            return _model_object(model, context.hub.api.started, primary=index == 0, styles=context.config.styles)
     available = ", ".join(model.id for model in models) or "none"
     raise NotFoundError(
         f"The model '{model_id[:100]}' does not exist or is not enabled. Available: {available}.",
@@ -175,7 +179,7 @@ def _header_value(text: str) -> str:
     return "".join(char if " " <= char <= "~" else "?" for char in text)[:200]
 
 
-def _model_object(model: ModelInfo, created: int, *, primary: bool) -> ModelObject:
+def _model_object(model: ModelInfo, created: int, *, primary: bool, styles: bool) -> ModelObject:
     steps = model.steps
     return ModelObject(
         id=model.id,
@@ -194,6 +198,7 @@ def _model_object(model: ModelInfo, created: int, *, primary: bool) -> ModelObje
             max_prompt_length=model.max_prompt_length,
             seconds_per_image=model.seconds_per_image,
             primary=primary,
+            styles=list(STYLE_IDS) if styles else [],
             license=model.license,
         ),
     )

@@ -122,8 +122,11 @@ class GenerationBody(BaseModel):
         description="Accepted for compatibility and ignored: every image is made with the model's steps; set "
         "'steps' to trade time for detail.",
     )
-    style: Literal["vivid", "natural"] | None = Field(
-        default=None, description="Accepted for compatibility and ignored."
+    style: str | None = Field(
+        default=None,
+        max_length=50,
+        description="A style added to the prompt (see capabilities.styles: photograph, watercolour, pixel_art, …); "
+        "'none', and OpenAI's 'vivid' and 'natural', mean none.",
     )
     user: str | None = Field(default=None, max_length=256, description="Accepted for compatibility and ignored.")
     seed: int | None = Field(
@@ -258,6 +261,7 @@ class GenerationBody(BaseModel):
             negative_prompt=self.negative_prompt or None,
             model=self.model,
             source="api",
+            style=self.style,
         )
 
     @property
@@ -341,6 +345,9 @@ class ModelCapabilities(BaseModel):
     max_prompt_length: int | None = Field(default=None, description="In characters; null: no limit besides 32000.")
     seconds_per_image: float = Field(..., description="Rough time per image at the default size.")
     primary: bool = Field(..., description="Whether Nextcloud tasks and requests without 'model' use this model.")
+    styles: list[str] = Field(
+        default_factory=list, description="The values 'style' takes (empty: the admin turned styles off)."
+    )
     license: str = ""
 
 

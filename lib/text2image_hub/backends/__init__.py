@@ -93,6 +93,8 @@ class ResolvedRequest:
     steps: int | None = None
     guidance_scale: float | None = None
     negative_prompt: str | None = None
+    style: str | None = None
+    """The style its prompt was written in (already applied to ``prompt``), for the PNG metadata."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..admin import RuntimeConfig
 from ..errors import BackendUnavailableError, ConfigurationError, Text2ImageError
+from ..i18n import Message, _
 from ..settings import Settings
 from . import Backend, LocalModelStatus, ModelState, ProgressCallback
 from .catalog import LocalModelSpec, default_local_model, local_model, model_for_folder
@@ -53,18 +54,19 @@ class _Failure:
         error = self.error
         if isinstance(error, ConfigurationError):
             return ConfigurationError(str(error), field=error.field)
-        return BackendUnavailableError(str(error), user_message=error.user_message, code=error.code)
+        return BackendUnavailableError(str(error), user_message=error.user_text, code=error.code)
 
 
-def _downloading_message(model_id: str, percent: int) -> str:
-    return (
-        f"The image model {model_id} is still being downloaded to this server ({percent} % done). "
-        "Please try again later."
+def _downloading_message(model_id: str, percent: int) -> Message:
+    return _(
+        "The image model {model} is still being downloaded to this server ({percent} % done). Please try again later.",
+        model=model_id,
+        percent=percent,
     )
 
 
-def _download_failed_message() -> str:
-    return (
+def _download_failed_message() -> Message:
+    return _(
         "Image generation is not available: this server could not download its image model. Please contact your "
         "administrator."
     )

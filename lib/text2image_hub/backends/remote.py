@@ -44,6 +44,7 @@ from ..errors import (
     RemoteServiceError,
     RemoteTimeoutError,
 )
+from ..i18n import _
 from ..imaging import ImageRejectedError, decode_image
 from ..ratelimit import RateLimiter
 from . import MAX_IMAGES, GeneratedImage, GenerationControl, ModelInfo, ResolvedRequest
@@ -375,15 +376,21 @@ class RemoteBackend:
         if answer.status in (401, 403):
             raise RemoteAuthError(
                 f"{self._where()} rejected the token (HTTP {answer.status}): {self._detail(answer)}",
-                user_message=f"The {self._account.preset.provider} image service refused this server's access: "
-                "please ask your administrator to check the remote service token in the Text2Image Hub settings.",
+                user_message=_(
+                    "The {provider} image service refused this server's access: please ask your administrator to "
+                    "check the remote service token in the Text2Image Hub settings.",
+                    provider=self._account.preset.provider,
+                ),
             )
         if answer.status < 500:
             detail = self._detail(answer)
             raise RemoteRejectedError(
                 f"{self._where()} refused the request (HTTP {answer.status}): {detail}",
-                user_message=f"The image service refused this request ({detail[:200]}). Please change it, for "
-                "example the prompt, and try again.",
+                user_message=_(
+                    "The image service refused this request ({reason}). Please change it, for example the prompt, "
+                    "and try again.",
+                    reason=detail[:200],
+                ),
             )
 
     async def _acquire(self, images: int, control: GenerationControl | None, *, priority: bool = False) -> bool:
