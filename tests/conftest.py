@@ -28,7 +28,7 @@ FAST_TIMING = WorkerTiming(
     delivery_deadline=60.0,
     shutdown_grace=1.0,
 )
-ROUTES = [("^/v1/.*", "GET,POST", 0)]
+ROUTES = [("^/v1/.*", "GET,POST,DELETE", 0)]  # as appinfo/info.xml declares
 
 
 _APP_VARIABLES = ("APP_", "T2I_", "NEXTCLOUD_", "COMPUTE_DEVICE", "HP_SHARED_KEY", "HF_")

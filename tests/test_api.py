@@ -8,7 +8,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -70,13 +70,16 @@ def standalone_settings(tmp_path: Path, **env: str) -> Settings:
 
 
 @contextlib.contextmanager
-def serve(settings: Settings, backends: StaticBackends | None = None) -> Iterator[Running]:
+def serve(
+    settings: Settings, backends: StaticBackends | None = None, *, clock: Callable[[], float] = time.time
+) -> Iterator[Running]:
     backends = backends or StaticBackends()
 
     async def factory(_: Settings) -> StaticBackends:
         return backends
 
-    app = create_app(settings, backends=factory, timing=WorkerTiming(poll_interval=60, backoff_initial=30))
+    timing = WorkerTiming(poll_interval=60, backoff_initial=30)
+    app = create_app(settings, backends=factory, timing=timing, clock=clock)
     with ServerThread(app, lifespan="on") as server:
         yield Running(server.url, backends, settings)
 
@@ -96,6 +99,14 @@ def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 @pytest.fixture
 def nextcloud_api(tmp_path: Path) -> Iterator[Running]:
+    with serve_under_nextcloud(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serve_under_nextcloud(
+    tmp_path: Path, backends: StaticBackends | None = None, *, clock: Callable[[], float] = time.time
+) -> Iterator[Running]:
     """The app under (the fake) Nextcloud: AppAPI headers are checked, admin settings come from its appconfig_ex.
 
     The tests send AppAPI's proxy headers to the app themselves (``appapi()``), so that they can also forge them.
@@ -109,7 +120,7 @@ def nextcloud_api(tmp_path: Path) -> Iterator[Running]:
             "APP_VERSION": nextcloud.app_version,
             "T2I_BACKEND": "local",
         }
-        with serve(load_settings(environ, FIELD_IDS)) as running:
+        with serve(load_settings(environ, FIELD_IDS), backends, clock=clock) as running:
             nextcloud.app_url = running.url
             nextcloud.enable_app()  # the app registers its settings form
             nextcloud.save_setting("api_keys", KEY)  # as the admin does on the settings page

@@ -68,6 +68,8 @@ def test_schema_has_the_api_operations() -> None:
     assert "POST /v1/images/generations" in LABELS
     assert "GET /v1/models" in LABELS
     assert "GET /v1/images/{image_id}" in LABELS
+    assert {"POST /v1/images/jobs", "GET /v1/images/jobs/{job_id}", "DELETE /v1/images/jobs/{job_id}"} <= set(LABELS)
+    assert "GET /v1/images/jobs/{job_id}/events" in LABELS
 
 
 @pytest.mark.parametrize(("label", "mode"), CASES, ids=[f"{label}-{mode.value}" for label, mode in CASES])

@@ -136,12 +136,12 @@ def test_docker_install_names_the_ghcr_image(info: ET.Element) -> None:
     assert text(info, "external-app/docker-install/image") == "text2image-hub/text2image_hub"
 
 
-def test_v1_route_is_public_for_get_and_post(info: ET.Element) -> None:
+def test_v1_route_is_public_for_get_post_and_delete(info: ET.Element) -> None:
     routes = list(info.iterfind("external-app/routes/route"))
     assert len(routes) == 1
     route = routes[0]
     assert text(route, "url") == "^/v1/.*"
-    assert set(text(route, "verb").split(",")) == {"GET", "POST"}
+    assert set(text(route, "verb").split(",")) == {"GET", "POST", "DELETE"}  # DELETE: cancelling a /v1 job
     assert text(route, "access_level") == "PUBLIC"
     # AppAPI decodes this element as a JSON list of header names.
     assert json.loads(text(route, "headers_to_exclude")) == []
@@ -154,7 +154,8 @@ def test_v1_route_is_public_for_get_and_post(info: ET.Element) -> None:
         ("/v1/models", "GET", True),
         ("/heartbeat", "GET", False),
         ("/admin/v1/x", "GET", False),
-        ("/v1/models", "DELETE", False),
+        ("/v1/images/jobs/abc", "DELETE", True),
+        ("/v1/models", "PUT", False),
     ],
 )
 def test_v1_route_matches_only_the_api(info: ET.Element, path: str, method: str, matches: bool) -> None:
@@ -720,7 +721,9 @@ def test_register_sh_registers_the_daemon_and_the_app(fake_occ: Path, tmp_path: 
     assert json_info["daemon_config_name"] == "manual_install"
     assert json_info["secret"] == "s3cret"
     assert json_info["port"] == 9100
-    assert json_info["routes"] == [{"url": "^/v1/.*", "verb": "GET,POST", "access_level": 0, "headers_to_exclude": []}]
+    assert json_info["routes"] == [
+        {"url": "^/v1/.*", "verb": "GET,POST,DELETE", "access_level": 0, "headers_to_exclude": []}
+    ]
     assert set(json_info["routes"][0]) == RECORDED_ROUTE_KEYS
     assert "s3cret" not in stderr
 

@@ -108,7 +108,9 @@ def create_app(
     *,
     backends: BackendFactory = default_backends,
     timing: WorkerTiming | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
+    """``clock``: the wall clock that url images and /v1 jobs expire by (tests move their own)."""
     timing = timing or WorkerTiming(poll_interval=settings.poll_interval)
 
     @contextlib.asynccontextmanager
@@ -130,10 +132,11 @@ def create_app(
             )
             metrics.track_tasks_in_progress(lambda: worker.busy)
             exapp = ExAppParts(gateway, worker)
-        api = ApiState.create(settings, metrics)
+        api = ApiState.create(settings, metrics, clock=clock)
         supervisor = Supervisor()
         hub = Hub(settings, backend_set, service, config, exapp, api, supervisor)
         supervisor.start("image-sweeper", api.run_sweeper)
+        supervisor.start("job-sweeper", api.run_job_sweeper)
         if settings.standalone:
             supervisor.start("warm-up", functools.partial(_warm_up, hub))
         app_logger = logging.getLogger("text2image_hub")
@@ -148,6 +151,7 @@ def create_app(
         finally:
             if exapp is not None:
                 await exapp.worker.shutdown()
+            await api.jobs.aclose()
             if forwarder is not None:
                 app_logger.removeHandler(forwarder)
             await supervisor.stop()

@@ -11,9 +11,10 @@ Every error we raise on purpose derives from ``Text2ImageError`` and knows how i
     Text2ImageError
     ├── InvalidRequestError        400  bad input (prompt, size, n, seed, …); code names the problem
     ├── AuthenticationError        401  no or wrong credentials for /v1
-    ├── NotFoundError              404  unknown model, expired image
+    ├── NotFoundError              404  unknown model, expired image, unknown (or another caller's) job
     ├── RateLimitError             429  a per-user/per-key limit or the remote service said "too many"
-    │   └── RemoteBusyError             the remote image service is still busy after our retries
+    │   ├── RemoteBusyError             the remote image service is still busy after our retries
+    │   └── TooManyJobsError            the caller already has the most /v1 jobs running at once
     ├── ConfigurationError         500  an admin setting is missing or invalid (the message names the field)
     ├── BackendUnavailableError    503  the backend is loading, missing or unreachable
     │   └── BackendBusyError            the GPU stayed busy longer than the fallback waits
@@ -105,6 +106,10 @@ class RateLimitError(Text2ImageError):
 class RemoteBusyError(RateLimitError):
     code = "REMOTE_BUSY"
     default_user_message = _("The image service is busy, try again in a minute.")
+
+
+class TooManyJobsError(RateLimitError):
+    code = "TOO_MANY_JOBS"
 
 
 class ConfigurationError(Text2ImageError):

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import Text2ImageError
-from . import operations, routes
+from . import job_routes, operations, routes
 from .handlers import RequestMiddleware, http_error_handler, text2image_error_handler, validation_error_handler
 from .state import ApiHub, ApiState
 
@@ -36,6 +36,7 @@ _TAGS = [
 
 def install_api(app: FastAPI) -> None:
     app.include_router(routes.router)
+    app.include_router(job_routes.router)
     app.include_router(operations.router)
     app.exception_handler(Text2ImageError)(text2image_error_handler)
     app.exception_handler(RequestValidationError)(validation_error_handler)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .jobs import MAX_ACTIVE_PER_CALLER, MAX_KEPT_PER_CALLER, TOO_MANY_RETRY_AFTER
 from .schemas import ErrorEnvelope, GenerationBody
 
 
@@ -124,3 +125,65 @@ IMAGE_DESCRIPTION = (
     "hour); then this answers 404 IMAGE_NOT_FOUND."
 )
 PNG_RESPONSE = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "The PNG."}
+
+JOB_NOT_FOUND = error_doc(
+    "Unknown or expired job, or another caller's (which looks exactly like an unknown one).",
+    envelope("This job does not exist or has expired: …", "not_found_error", "JOB_NOT_FOUND", "job_id"),
+)
+JOBS_DESCRIPTION = (
+    "The body of `POST /v1/images/generations` (JSON, multipart or form-urlencoded, the same checks), answered at "
+    "once with 202 and the job (`Location`: its URL) instead of the images, for generations that outlast a "
+    "proxy's timeout. Follow it with `GET /v1/images/jobs/{job_id}` or its `/events`; once `succeeded` it holds "
+    "the `data` (and `model`, `seeds`, …) the synchronous call answers. What only the model can check (its sizes, "
+    "steps, the model id) ends the job `failed` with the same error code the synchronous call answers.\n\n"
+    "Jobs share the GPU queue and the remote service's limits with Nextcloud tasks and the synchronous call. A job "
+    "is visible to its creator only (the API key, or the Nextcloud user), and is kept for the image TTL "
+    "(`T2I_IMAGE_TTL`, default 3600 s) after it ends. **Limits**: `api_rate_limit` counts job creations like "
+    f"synchronous requests; at most {MAX_ACTIVE_PER_CALLER} jobs per user or key may be queued or running at once "
+    f"(429 `TOO_MANY_JOBS` with `Retry-After: {TOO_MANY_RETRY_AFTER:.0f}` beyond it), and {MAX_KEPT_PER_CALLER} are "
+    "kept per user or key (a new one drops the oldest ended one)."
+)
+JOB_CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": "The job, queued.",
+        "headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}},
+    },
+    400: GENERATION_RESPONSES[400],
+    401: UNAUTHORIZED,
+    429: error_doc(
+        "`api_rate_limit` reached (RATE_LIMITED), or 4 jobs of this caller still run (TOO_MANY_JOBS); see Retry-After.",
+        envelope(
+            "Too many jobs: at most 4 per user or API key may run at once. …", "rate_limit_error", "TOO_MANY_JOBS"
+        ),
+    ),
+    500: INTERNAL,
+    503: UNAVAILABLE,
+}
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: UNAUTHORIZED,
+    404: JOB_NOT_FOUND,
+    500: INTERNAL,
+    503: UNAVAILABLE,
+}
+JOB_DELETE_DESCRIPTION = (
+    "A job still queued or running is cancelled: it reads `cancelled` at once (this answer says so) and its "
+    "generation stops at its next step (the GPU) or before its next request (a remote service). A job that has "
+    "ended is forgotten: this answer is its last state, and it is 404 afterwards."
+)
+JOB_EVENTS_DESCRIPTION = (
+    'Server-sent events: `event: progress` with `{"status", "progress"}` whenever either changes (looked at '
+    "every 0.25 s), then one final `event: done`, `failed` or `cancelled` whose data is the job's JSON, and the "
+    "stream ends (an `EventSource` should `close()` on it; reconnecting to an ended job sends the final event "
+    "again). A comment line every 15 s of silence keeps proxies from closing the connection. Nextcloud's AppAPI "
+    "proxy passes a response on only when it is complete: through Nextcloud, poll `GET /v1/images/jobs/{job_id}`."
+)
+EVENT_STREAM = {
+    "description": "The job's events, until it ends.",
+    "content": {
+        "text/event-stream": {
+            "schema": {"type": "string"},
+            "example": 'event: progress\ndata: {"status":"running","progress":40}\n\n'
+            'event: done\ndata: {"id":"…","object":"image.job","status":"succeeded","progress":100,…}\n\n',
+        }
+    },
+}

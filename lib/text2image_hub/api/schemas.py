@@ -375,3 +375,35 @@ class ErrorEnvelope(BaseModel):
     """OpenAI's error shape, used for every /v1 error."""
 
     error: ErrorDetail
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class ImageJob(BaseModel):
+    """A job of ``POST /v1/images/jobs`` (shaped like OpenAI's fine-tuning job); once ``succeeded``, it also holds
+    what the synchronous ``POST /v1/images/generations`` answers (``data``, ``model``, ``seeds``, …)."""
+
+    id: str = Field(..., description="The job's id; only its creator (API key or Nextcloud user) can see it.")
+    object: Literal["image.job"] = "image.job"
+    status: JobStatus = Field(
+        ...,
+        description="queued → running (handed to the image service: it may still wait there for the GPU or the "
+        "remote service's limits) → succeeded, failed or cancelled.",
+    )
+    progress: int = Field(..., ge=0, le=100, description="Percent done; 100 exactly when succeeded.")
+    created_at: int = Field(..., description="Unix time the job was created.")
+    finished_at: int | None = Field(default=None, description="Unix time it ended; absent while it runs.")
+    expires_at: int | None = Field(
+        default=None, description="Unix time after which the job is gone (404): its end plus the image TTL."
+    )
+    error: ErrorDetail | None = Field(
+        default=None, description="Why it failed or that it was cancelled: the fields of OpenAI's error envelope."
+    )
+    data: list[ImageData] | None = Field(default=None, description="The images, as the synchronous call answers.")
+    model: str | None = None
+    backend: str | None = None
+    seeds: list[int] | None = None
+    size: str | None = None
+    generation_seconds: float | None = None
+    cached: bool | None = None
