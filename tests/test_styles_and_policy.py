@@ -208,6 +208,9 @@ def test_a_blocked_prompt_on_the_api_is_a_400_prompt_rejected(tmp_path: Path):
     with serve(settings) as api, api.client() as client:
         refused = client.post("/v1/images/generations", json={"prompt": "A Forbidden  Thing, please", "seed": 1})
         allowed = client.post("/v1/images/generations", json={"prompt": "a permitted thing", "seed": 1})
+        refused_job = client.post("/v1/images/jobs", json={"prompt": "one FORBIDDEN thing"})
+    assert refused_job.status_code == 400
+    assert refused_job.json()["error"]["code"] == "PROMPT_REJECTED"
     assert refused.status_code == 400
     assert refused.json() == {
         "error": {

@@ -47,6 +47,7 @@ class EventStreamResponse(StreamingResponse):
 async def create_job(request: Request, context: ContextDep) -> Response:
     wire = GenerationBody.parse(await read_body(request))
     admit(context)
+    context.config.prompt_policy().check(wire.prompt)  # a refused prompt is a 400 now, not a failed job later
     base = base_url(request, context)
 
     async def work(control: GenerationControl) -> ImagesResponse:
