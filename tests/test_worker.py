@@ -388,3 +388,15 @@ def test_a_task_claimed_first_in_a_pass_uses_the_config_read_just_before(exapp):
     first_progress = calls.index("progress")
     assert calls[claimed - 1] == "get-values", calls  # the pass read the config, then claimed the task
     assert "get-values" not in calls[claimed:first_progress], calls  # which did not read it again
+
+
+def test_a_progress_call_in_flight_does_not_hold_up_the_upload_but_ends_before_the_result(exapp):
+    exapp.backends = StaticBackends(local_backend=InstantBackend(steps=4, step_seconds=0.05))
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    nextcloud.set_call_costs({r"/tasks_provider/\d+/progress$": 0.4})  # sent at 0.05 s, in flight when images are made
+    task_id = nextcloud.schedule({"input": "x", "numberOfImages": 1})
+    assert nextcloud.wait_for_task(task_id, timeout=10)["status"] == SUCCESS
+    answered = [r.path.rsplit("/", 1)[-1] for r in nextcloud.requests if f"/tasks_provider/{task_id}/" in r.path]
+    assert answered == ["file", "progress", "result"]  # in the order Nextcloud answered them

@@ -6,9 +6,10 @@ inside one boundary that always ends it SUCCESSFUL or FAILED (with an admin and 
 user cancelled or deleted it; on start-up, the journal's tasks are done again or reported FAILED.
 
 A task frees its slot when its images are made, so the next one is claimed while it uploads and reports. Progress
-is sent at most about once a second while the image is made, never after the result is reported. When Nextcloud is
-unreachable or in maintenance the worker backs off; results are kept and retried until the delivery deadline, and
-an outcome that could not be delivered stays in the journal until Nextcloud answers again.
+is sent at most about once a second while the image is made (a call still in flight then is answered while the images
+upload), never after the result is reported. When Nextcloud is unreachable or in maintenance the worker backs off;
+results are kept and retried until the delivery deadline, and an outcome that could not be delivered stays in the
+journal until Nextcloud answers again.
 
 Shutdown fits ``docker stop`` (SIGKILL 10 s after SIGTERM): claiming stops at once, tasks get ``shutdown_grace``
 seconds to finish, the others stop at their next step and stay in the journal for the next start. Disabling the
@@ -314,9 +315,10 @@ class TaskWorker:
         progress = _ProgressReporter(self._gateway, entry.task_id, control, self._timing)
         try:
             result = await self._generate(entry, control, config)
-            await progress.stop()
+            progress.halt()  # nothing more is sent; a call in flight ends while the images upload
             self._generated(entry.task_id)
-            await self._deliver(entry, result)
+            await self._deliver(entry, result, progress)
+            await progress.stop()  # done already, unless the task was deleted or its delivery abandoned
         except GenerationCancelledError:
             await progress.stop()
             if self._disabling:
@@ -364,7 +366,7 @@ class TaskWorker:
         await self._journal.started(entry)
         return await self._service.generate(spec, config, control)
 
-    async def _deliver(self, entry: JournalEntry, result: GenerationResult) -> None:
+    async def _deliver(self, entry: JournalEntry, result: GenerationResult, progress: _ProgressReporter) -> None:
         started = time.perf_counter()
         task_id = entry.task_id
         try:
@@ -378,6 +380,7 @@ class TaskWorker:
                     await self._journal.remove(task_id)
                     return
                 file_ids.append(file_id)
+            await progress.stop()  # its last call is answered before the result is reported, never after
             status = await self._retry(task_id, "report", lambda: self._gateway.report_success(task_id, file_ids))
         except _Abandoned as exc:
             await self._keep_failure(entry, f"the images were made but could not be delivered: {exc}")
@@ -490,6 +493,10 @@ class _ProgressReporter:
                 logger.info("task %d: Nextcloud says %s; stopping the generation", self._task_id, status)
                 self._control.cancel()
                 return
+
+    def halt(self) -> None:
+        """Send nothing more; a call in flight goes on (``stop`` waits for it)."""
+        self._stop.set()
 
     async def stop(self) -> None:
         """Wait for an in-flight progress call, so that nothing is sent after the result. A reporter that failed is
