@@ -369,27 +369,6 @@ def test_progress_call_that_raises_does_not_leave_the_task_running(exapp, caplog
     assert any("progress reporting failed" in record.getMessage() for record in caplog.records)
 
 
-def test_a_task_claimed_first_in_a_pass_uses_the_config_read_just_before(exapp):
-    exapp.backends = StaticBackends(local_backend=InstantBackend(steps=10, step_seconds=0.05))
-    exapp.start()
-    nextcloud = exapp.nextcloud
-    nextcloud.register_app()
-    first = nextcloud.schedule({"input": "the first pass after enabling finishes the journal", "numberOfImages": 1})
-    assert nextcloud.wait_for_task(first, timeout=10)["status"] == SUCCESS
-    since = -1
-    while since != len(nextcloud.requests):  # until the passes that the first task's end woke are over
-        since = len(nextcloud.requests)
-        time.sleep(0.2)
-    task_id = nextcloud.schedule({"input": "x", "numberOfImages": 1})
-    assert nextcloud.wait_for_task(task_id, timeout=10)["status"] == SUCCESS
-    app = [(r.path.rsplit("/", 2), r.status) for r in nextcloud.requests[since:] if r.source == "app"]
-    calls = [f"{parts[-1]}:{status}" if parts[-1] == "next" else parts[-1] for parts, status in app]
-    claimed = calls.index("next:200")
-    first_progress = calls.index("progress")
-    assert calls[claimed - 1] == "get-values", calls  # the pass read the config, then claimed the task
-    assert "get-values" not in calls[claimed:first_progress], calls  # which did not read it again
-
-
 def test_a_progress_call_in_flight_does_not_hold_up_the_upload_but_ends_before_the_result(exapp):
     exapp.backends = StaticBackends(local_backend=InstantBackend(steps=4, step_seconds=0.05))
     exapp.start()

@@ -207,10 +207,8 @@ class TaskWorker:
         if not self._enabled:
             return
         config = await self._sync_registration(enabling=restored)  # after a restart: register again
-        fresh = config  # read just before the first claim below: that task takes it rather than reading it again
         if self._journal_due:
             self._journal_due = False
-            fresh = None
             await self._finish_journal()
         # with an invalid config, tasks are still claimed (one at a time) and fail with a message naming the setting
         slots = self._service.task_slots(config) if config is not None else 1
@@ -221,16 +219,14 @@ class TaskWorker:
             logger.debug("task %d claimed", task.id)
             entry = self._journal.new_entry(task.id, task.input, task.include_watermark)
             await self._journal.write(entry)
-            self._start(entry, fresh)
-            fresh = None
+            self._start(entry)
 
     def _generating(self) -> int:
         return sum(job.generating for job in self._jobs.values())
 
-    def _start(self, entry: JournalEntry, config: RuntimeConfig | None = None) -> None:
-        """Run the task; ``config``: the one read just before it was claimed (None: the task reads it)."""
+    def _start(self, entry: JournalEntry) -> None:
         control = GenerationControl()
-        job = asyncio.create_task(self._process(entry, control, config), name=f"task-{entry.task_id}")
+        job = asyncio.create_task(self._process(entry, control), name=f"task-{entry.task_id}")
         self._jobs[job] = _Job(control, entry.task_id)
         job.add_done_callback(self._finished)
 
@@ -310,11 +306,11 @@ class TaskWorker:
                 self._start(entry)
 
     # --- one task ---------------------------------------------------------------------------------------------------
-    async def _process(self, entry: JournalEntry, control: GenerationControl, config: RuntimeConfig | None) -> None:
+    async def _process(self, entry: JournalEntry, control: GenerationControl) -> None:
         """The per-task boundary: every task ends SUCCESSFUL or FAILED unless the user cancelled or deleted it."""
         progress = _ProgressReporter(self._gateway, entry.task_id, control, self._timing)
         try:
-            result = await self._generate(entry, control, config)
+            result = await self._generate(entry, control)
             progress.halt()  # nothing more is sent; a call in flight ends while the images upload
             self._generated(entry.task_id)
             await self._deliver(entry, result, progress)
@@ -348,11 +344,8 @@ class TaskWorker:
             logger.exception("task %d failed with an unexpected error", entry.task_id)
             await self._fail(entry, f"internal error: {type(exc).__name__}: {exc}", INTERNAL_ERROR_MESSAGE)
 
-    async def _generate(
-        self, entry: JournalEntry, control: GenerationControl, config: RuntimeConfig | None
-    ) -> GenerationResult:
-        if config is None:  # read at the claim (just before or after it): a value saved a moment ago applies
-            config = await self._config.load()
+    async def _generate(self, entry: JournalEntry, control: GenerationControl) -> GenerationResult:
+        config = await self._config.load()  # read after the claim: a value saved a moment ago applies
         request = TaskInput.parse(entry.input)
         seeds = None if request.seed is None else tuple(request.seed + i for i in range(request.count))
         spec = ImageRequest(
