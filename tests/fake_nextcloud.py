@@ -29,6 +29,11 @@ Failure injection (:meth:`FakeNextcloud.set_failure`):
 - ``"wrong_secret"``: Nextcloud behaves as if the ExApp's secret did not match (AppAPI endpoints: 401/997;
   TaskProcessing provider endpoints: 412 "ExApp required"; capabilities still 200).
 
+Per-call cost (:meth:`FakeNextcloud.set_call_costs`, default none): a real server takes tens of milliseconds per call
+(the recordings' ``duration_ms``: about 45 ms to claim a task or report a result). A request whose path matches one
+of the given regexes (searched, the first match wins) waits that many seconds (``await asyncio.sleep``) before it is
+handled, so the fake goes on serving other calls meanwhile and calls still nest; ``reset`` clears the costs.
+
 Deviations from the real server, on purpose: no cookies, no gzip, no PHP built-in server headers; ids start at 1;
 only the ``core:text2image`` task type is known; a 404 page is a short HTML page; an unrecorded corner (for example
 a non-sensitive form field saved through ``/value-sensitive``) is answered the simplest plausible way.
@@ -517,6 +522,7 @@ class FakeNextcloud:
             self._app_calls: list[AppCall] = []
             self._progress_history: dict[int, list[float]] = {}
             self._next_ids = {"task": 1, "file": 1, "config": 1, "provider": 1}
+            self._call_costs: list[tuple[re.Pattern[str], float]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -664,6 +670,18 @@ class FakeNextcloud:
             self._server.pause()
         elif previous == "refuse" and mode != "refuse":
             self._server.resume()
+
+    def set_call_costs(self, costs: Mapping[str, float] | None) -> None:
+        """Seconds added to each request whose path matches a regex of ``costs`` (searched, in the mapping's order;
+        the first match wins), slept before the request is handled; None or ``{}``: no cost (the default)."""
+        if costs is not None and any(seconds < 0 for seconds in costs.values()):
+            raise ValueError("a call cost must not be negative")
+        with self._lock:
+            self._call_costs = [(re.compile(path), seconds) for path, seconds in (costs or {}).items()]
+
+    def _call_cost(self, path: str) -> float:
+        with self._lock:
+            return next((seconds for pattern, seconds in self._call_costs if pattern.search(path)), 0.0)
 
     async def _new_release_event(self) -> None:
         self._release = asyncio.Event()
@@ -1355,6 +1373,9 @@ class FakeNextcloud:
         request = Request(scope, receive)
         body = await request.body()
         req = _Req(request, body, {}, dict(parse_qsl(request.url.query, keep_blank_values=True)), _request_id())
+        cost = self._call_cost(request.url.path)
+        if cost > 0:
+            await asyncio.sleep(cost)  # the server's own time per call; other calls go on meanwhile
         response = await self._dispatch(req)
         self._record(req, response.status_code)
         await response(scope, receive, send)

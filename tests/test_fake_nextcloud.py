@@ -1092,3 +1092,64 @@ def test_enabled_flag_survives_an_exapp_restart(registered: FakeNextcloud, exapp
     assert len(registered.app_calls) == calls
     registered.schedule({"input": "after restart"})
     assert registered.triggers == [LOCAL]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Per-call cost (a real server's tens of milliseconds per call)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+async def test_call_cost_delays_matching_calls_without_blocking_the_others(
+    registered: FakeNextcloud, nc: AsyncNextcloudApp
+) -> None:
+    ids = {registered.schedule({"input": f"costed {i}"}) for i in range(2)}
+    registered.set_call_costs({r"/tasks_provider/next$": 0.3})
+    other = new_nc(registered.url)
+    finished: list[str] = []
+
+    async def claim(client: AsyncNextcloudApp) -> tuple[int, float]:
+        started = time.monotonic()
+        got = await client.providers.task_processing.next_task([LOCAL], ["core:text2image"])
+        finished.append("claim")
+        return int(got["task"]["id"]), time.monotonic() - started
+
+    async def state() -> None:
+        await asyncio.sleep(0.05)  # sent while both claims wait out their cost
+        assert await nc.enabled_state is True
+        finished.append("state")
+
+    try:
+        started = time.monotonic()
+        first, second, _ = await asyncio.gather(claim(nc), claim(other), state())
+        elapsed = time.monotonic() - started
+    finally:
+        await close_nc(other)
+    assert {first[0], second[0]} == ids
+    assert min(first[1], second[1]) >= 0.3
+    assert elapsed < 0.6  # the two costs overlapped: the fake's loop slept, it did not block
+    assert finished[0] == "state"  # an uncosted call is answered meanwhile
+    registered.set_call_costs(None)
+    started = time.monotonic()
+    assert await nc.providers.task_processing.next_task([LOCAL], ["core:text2image"]) == {}
+    assert time.monotonic() - started < 0.3
+
+
+async def test_calls_still_nest_with_a_cost_on_every_call(
+    fake: FakeNextcloud, exapp: StandInExApp, http: httpx2.AsyncClient
+) -> None:
+    fake.set_call_costs({".": 0.05})
+    started = time.monotonic()
+    await fake.register_app_async(limit_s=10)
+    # the init-status PUT waits for /heartbeat and /enabled, during which the ExApp registers its provider and form
+    assert time.monotonic() - started >= 3 * 0.05
+    assert fake.enabled
+    assert exapp.events[:5] == ["heartbeat", "init", "heartbeat", "enabled=1", "registered"]
+    rec = recorded("02", "POST", "/ocs/v2.php/taskprocessing/schedule")
+    answer = await http.post(
+        "/ocs/v2.php/taskprocessing/schedule", json=body_json(rec["request"]), headers=fake.user_headers("admin")
+    )
+    assert answer.status_code == 200
+    assert exapp.events[-1] == f"trigger:{LOCAL}"  # called before the schedule was answered
+    assert fake.triggers == [LOCAL]
+    with pytest.raises(ValueError, match="negative"):
+        fake.set_call_costs({".": -1.0})

@@ -478,3 +478,19 @@ def test_preset_by_id() -> None:
 async def test_remote_http_client_has_explicit_timeouts() -> None:
     async with remote_http_client() as client:
         assert (client.timeout.connect, client.timeout.read) == (10.0, 120.0)
+
+
+async def test_more_requests_than_32_are_in_flight_when_the_limits_allow_them() -> None:
+    # a service allowing a burst of 100 and taking 1 s an image: 48 images at once take about 1 s, not 2 (a pool of
+    # 32 connections held back what the limiter had let through)
+    with FakeIonos(token=TOKEN, burst=100, images_per_minute=6000, requests_per_second=1000, latency=1.0) as fake:
+        async with remote_http_client() as http:
+            backend = backend_for(fake, http)
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(backend.generate(request_for(12, size=ImageSize(256, 256)), GenerationControl()) for _ in range(4))
+            )
+            elapsed = time.monotonic() - started
+    assert [len(images) for images in results] == [12] * 4
+    assert fake.stats().rate_limited == 0
+    assert elapsed < 1.8

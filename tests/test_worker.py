@@ -367,3 +367,15 @@ def test_progress_call_that_raises_does_not_leave_the_task_running(exapp, caplog
         task = nextcloud.wait_for_task(nextcloud.schedule({"input": "x", "numberOfImages": 1}), timeout=10)
     assert task["status"] == SUCCESS
     assert any("progress reporting failed" in record.getMessage() for record in caplog.records)
+
+
+def test_a_progress_call_in_flight_does_not_hold_up_the_upload_but_ends_before_the_result(exapp):
+    exapp.backends = StaticBackends(local_backend=InstantBackend(steps=4, step_seconds=0.05))
+    exapp.start()
+    nextcloud = exapp.nextcloud
+    nextcloud.register_app()
+    nextcloud.set_call_costs({r"/tasks_provider/\d+/progress$": 0.4})  # sent at 0.05 s, in flight when images are made
+    task_id = nextcloud.schedule({"input": "x", "numberOfImages": 1})
+    assert nextcloud.wait_for_task(task_id, timeout=10)["status"] == SUCCESS
+    answered = [r.path.rsplit("/", 1)[-1] for r in nextcloud.requests if f"/tasks_provider/{task_id}/" in r.path]
+    assert answered == ["file", "progress", "result"]  # in the order Nextcloud answered them

@@ -60,8 +60,15 @@ class Delivery:
         self.undelivered = False
         """An outcome could not be delivered in time and waits in the journal (the worker clears this)."""
 
-    async def success(self, entry: JournalEntry, result: GenerationResult) -> None:
-        """Upload the images and report them; the journal entry goes once Nextcloud has them."""
+    async def success(
+        self,
+        entry: JournalEntry,
+        result: GenerationResult,
+        *,
+        before_report: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Upload the images and report them; the journal entry goes once Nextcloud has them. ``before_report`` runs
+        between the two (the task's last progress call is answered then: never after the result)."""
         started = time.perf_counter()
         task_id = entry.task_id
         try:
@@ -75,6 +82,8 @@ class Delivery:
                     await self._journal.remove(task_id)
                     return
                 file_ids.append(file_id)
+            if before_report is not None:
+                await before_report()
             status = await self._retry(task_id, "report", lambda: self._gateway.report_success(task_id, file_ids))
         except _Abandoned as exc:
             await self._keep_failure(entry, f"the images were made but could not be delivered: {exc}")

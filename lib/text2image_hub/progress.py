@@ -57,6 +57,10 @@ class ProgressReporter:
                 self._control.cancel()
                 return
 
+    def halt(self) -> None:
+        """Send nothing more; a call in flight goes on (``stop`` waits for it)."""
+        self._stop.set()
+
     async def stop(self) -> None:
         """Wait for an in-flight progress call, so that nothing is sent after the result. A reporter that failed is
         logged here: progress is a courtesy, the task goes on."""

@@ -6,9 +6,10 @@ inside one boundary that always ends it SUCCESSFUL or FAILED (with an admin and 
 user cancelled or deleted it; on start-up, the journal's tasks are done again or reported FAILED.
 
 A task frees its slot when its images are made, so the next one is claimed while it uploads and reports. Progress
-is sent while the image is made (``progress.py``), never after the result is reported; results are delivered with
-retries until the delivery deadline, and an outcome that could not be delivered stays in the journal until
-Nextcloud answers again (``delivery.py``). When Nextcloud is unreachable or in maintenance the loop backs off.
+is sent while the image is made (``progress.py``; a call still in flight then is answered while the images upload),
+never after the result is reported; results are delivered with retries until the delivery deadline, and an outcome
+that could not be delivered stays in the journal until Nextcloud answers again (``delivery.py``). When Nextcloud is
+unreachable or in maintenance the loop backs off.
 
 Shutdown fits ``docker stop`` (SIGKILL 10 s after SIGTERM): claiming stops at once, tasks get ``shutdown_grace``
 seconds to finish, the others stop at their next step and stay in the journal for the next start. Disabling the
@@ -318,9 +319,10 @@ class TaskWorker:
         progress = ProgressReporter(self._gateway, entry.task_id, control, self._timing)
         try:
             result = await self._generate(entry, control)
-            await progress.stop()
+            progress.halt()  # nothing more is sent; a call in flight ends while the images upload
             self._generated(entry.task_id)
-            await self._delivery.success(entry, result)
+            await self._delivery.success(entry, result, before_report=progress.stop)
+            await progress.stop()  # done already, unless the task was deleted or its delivery abandoned
         except GenerationCancelledError:
             await progress.stop()
             if self._disabling:

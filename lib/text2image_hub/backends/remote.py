@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 30 * 1024 * 1024  # one downloaded or decoded image
 MAX_ERROR_BODY_BYTES = 64 * 1024  # what we read of an error answer
+MAX_CONNECTIONS = 128  # the shared client's, for all accounts: well above the images in flight at the presets' limits
 _DETAIL_CHARS = 300
 _CANCEL_POLL_SECONDS = 0.25
 
@@ -76,10 +77,15 @@ PROBE_RETRY = RetryPolicy(max_attempts=1, max_busy_retries=0)
 
 
 def remote_http_client() -> httpx2.AsyncClient:
-    """The shared client for remote backends (created in the app lifespan, closed there)."""
+    """The shared client for remote backends (created in the app lifespan, closed there).
+
+    The rate limiter, not the connection pool, sets the pace: a request it lets through must find a connection.
+    One connection per image in flight: the burst plus the rate times the service time (IONOS: 20 + 10/min × 6 s
+    ≈ 21; a service allowing 600/min at 5 s an image, like the time-scaled IONOS imitation: ~70).
+    """
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(connect=10.0, read=120.0, write=30.0, pool=60.0),
-        limits=httpx2.Limits(max_connections=32, max_keepalive_connections=16),
+        limits=httpx2.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=16),
         follow_redirects=False,
         headers={"User-Agent": "text2image_hub"},
     )
