@@ -144,7 +144,8 @@ class TaskTimes:
 
 @dataclass
 class WorkerLog(logging.Handler):
-    """When the worker claimed each task, and how long it generated and delivered (from the worker's log records)."""
+    """When the worker claimed each task, and how long it generated and delivered (from the worker's and the
+    delivery's log records)."""
 
     tasks: dict[int, TaskTimes] = field(default_factory=dict)  # by Nextcloud's task id
 
@@ -234,13 +235,15 @@ def optimum(total: int, ionos: FakeIonos) -> float:
 
 def run_once(counts: list[int], costs: dict[str, float], args: argparse.Namespace, storage: Path) -> Run:
     worker_log = WorkerLog()
-    logger = logging.getLogger("text2image_hub.worker")
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(worker_log)
+    loggers = [logging.getLogger(f"text2image_hub.{name}") for name in ("worker", "delivery")]  # claims, deliveries
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(worker_log)
     try:
         return _run_once(counts, costs, args, storage, worker_log)
     finally:
-        logger.removeHandler(worker_log)
+        for logger in loggers:
+            logger.removeHandler(worker_log)
 
 
 def _run_once(
