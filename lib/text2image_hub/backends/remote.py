@@ -17,6 +17,7 @@ tree:
   generation that may have reached the service is never sent twice;
 - a 200 whose images are missing, undecodable or of the wrong size → ``RemoteServiceError``.
 
+What an answer says (its images, ``Retry-After``, a refusal) is read by ``answers.py``.
 ``registry.RemoteBackendPool`` hands out one backend per account (base URL + model + SHA-256 of the token) so the
 task worker and the ``/v1`` API share one limiter. The token lives in a ``SecretStr`` and is never put in a log line,
 an error message or a repr; error details quoted from the server are scrubbed of it too.
@@ -25,37 +26,33 @@ an error message or a repr; error details quoted from the server are scrubbed of
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import httpx2
 
-from ..errors import (
-    BackendUnavailableError,
-    RemoteAuthError,
-    RemoteBusyError,
-    RemoteRejectedError,
-    RemoteServiceError,
-    RemoteTimeoutError,
-)
-from ..i18n import _
+from ..errors import BackendUnavailableError, RemoteBusyError, RemoteServiceError, RemoteTimeoutError
 from ..imaging import ImageRejectedError, decode_image
 from ..ratelimit import RateLimiter
 from . import MAX_IMAGES, GeneratedImage, GenerationControl, ModelInfo, ResolvedRequest
+from .answers import (
+    MAX_ERROR_BODY_BYTES,
+    MAX_IMAGE_BYTES,
+    Answer,
+    error_detail,
+    image_entries,
+    inline_image,
+    json_payload,
+    raise_refusal,
+    read_capped,
+    retry_after,
+)
 from .presets import RemoteAccount
 
 logger = logging.getLogger(__name__)
 
-MAX_IMAGE_BYTES = 30 * 1024 * 1024  # one downloaded or decoded image
-MAX_ERROR_BODY_BYTES = 64 * 1024  # what we read of an error answer
 MAX_CONNECTIONS = 128  # the shared client's, for all accounts: well above the images in flight at the presets' limits
-_DETAIL_CHARS = 300
 _CANCEL_POLL_SECONDS = 0.25
 
 
@@ -89,13 +86,6 @@ def remote_http_client() -> httpx2.AsyncClient:
         follow_redirects=False,
         headers={"User-Agent": "text2image_hub"},
     )
-
-
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    headers: httpx2.Headers
-    body: bytes
 
 
 class RemoteBackend:
@@ -150,7 +140,7 @@ class RemoteBackend:
         answer = await self._call("GET", "/models", None, images=0, control=None, probe=probe)
         if answer is None:  # cannot happen: without a control nothing cancels
             raise RemoteServiceError(f"{self._where()}: listing models was cancelled")
-        payload = self._json(answer.body)
+        payload = json_payload(answer.body, self._where())
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
             raise RemoteServiceError(f"{self._where()} answered /models without a data list")
@@ -214,11 +204,7 @@ class RemoteBackend:
         answer = await self._call("POST", "/images/generations", body, images=count, control=control)
         if answer is None:
             return None
-        payload = self._json(answer.body)
-        data = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(data, list) or len(data) != count:
-            found = len(data) if isinstance(data, list) else "no"
-            raise RemoteServiceError(f"{self._where()} answered {found} image(s) where {count} were asked for")
+        data = image_entries(json_payload(answer.body, self._where()), count, self._where())
         images: list[GeneratedImage] = []
         for index, item in enumerate(data):
             raw = await self._image_bytes(item)
@@ -231,22 +217,11 @@ class RemoteBackend:
         return images
 
     async def _image_bytes(self, item: object) -> bytes:
-        if isinstance(item, dict) and isinstance(item.get("b64_json"), str):
-            text: str = item["b64_json"]
-            if len(text) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-                raise RemoteServiceError(f"{self._where()} answered an image over {MAX_IMAGE_BYTES} bytes")
-            try:
-                return base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise RemoteServiceError(f"{self._where()} answered invalid base64 image data") from exc
-        if isinstance(item, dict) and isinstance(item.get("url"), str):
-            return await self._download(item["url"])
-        raise RemoteServiceError(f"{self._where()} answered an image entry with neither b64_json nor url")
+        image = inline_image(item, self._where())
+        return image if isinstance(image, bytes) else await self._download(image)
 
     async def _download(self, url: str) -> bytes:
         """Fetch an image the service left at ``url`` (no token sent: such URLs are pre-signed), with retries."""
-        if not url.startswith(("http://", "https://")):
-            raise RemoteServiceError(f"{self._where()} answered an image URL that is not http(s)")
         attempt = 0
         while True:
             attempt += 1
@@ -257,7 +232,7 @@ class RemoteBackend:
                     self._http.stream("GET", url, follow_redirects=True) as response,
                 ):
                     if response.status_code == 200:
-                        return await _read_capped(response, MAX_IMAGE_BYTES, self._where())
+                        return await read_capped(response, MAX_IMAGE_BYTES, self._where())
                     failure = f"HTTP {response.status_code}"
                     if response.status_code < 500 and response.status_code != 429:
                         raise RemoteServiceError(f"downloading an image from {self._where()} failed: {failure}")
@@ -284,7 +259,7 @@ class RemoteBackend:
         images: int,
         control: GenerationControl | None,
         probe: bool = False,
-    ) -> _Answer | None:
+    ) -> Answer | None:
         """One logical call with retries; a 2xx answer, None if cancelled before sending, or a mapped error.
 
         Every attempt must be answered, body included, within the account's deadline (``PROBE_TIMEOUT`` for a
@@ -320,12 +295,12 @@ class RemoteBackend:
             else:
                 if answer.status < 300:
                     return answer
-                server_delay = self._retry_after(answer.headers)
+                server_delay = retry_after(answer.headers, self._retry.max_retry_after)
                 if answer.status == 429:
                     busy += 1
                     charge, priority = await self._busy(answer, server_delay, busy, retry, images, control)
                     continue
-                self._raise_refusal(answer)
+                raise_refusal(answer, self._where(), self._account.preset.provider, self._detail(answer))
                 failure = f"HTTP {answer.status}: {self._detail(answer)}"
             attempt += 1
             if attempt >= retry.max_attempts:
@@ -347,7 +322,7 @@ class RemoteBackend:
 
     async def _busy(
         self,
-        answer: _Answer,
+        answer: Answer,
         server_delay: float | None,
         busy: int,
         retry: RetryPolicy,
@@ -377,28 +352,6 @@ class RemoteBackend:
         finally:
             sleeper.cancel()
 
-    def _raise_refusal(self, answer: _Answer) -> None:
-        """401/403: the token; any other 4xx: the request itself, said so to the user; a 5xx returns (retried)."""
-        if answer.status in (401, 403):
-            raise RemoteAuthError(
-                f"{self._where()} rejected the token (HTTP {answer.status}): {self._detail(answer)}",
-                user_message=_(
-                    "The {provider} image service refused this server's access: please ask your administrator to "
-                    "check the remote service token in the Text2Image Hub settings.",
-                    provider=self._account.preset.provider,
-                ),
-            )
-        if answer.status < 500:
-            detail = self._detail(answer)
-            raise RemoteRejectedError(
-                f"{self._where()} refused the request (HTTP {answer.status}): {detail}",
-                user_message=_(
-                    "The image service refused this request ({reason}). Please change it, for example the prompt, "
-                    "and try again.",
-                    reason=detail[:200],
-                ),
-            )
-
     async def _acquire(self, images: int, control: GenerationControl | None, *, priority: bool = False) -> bool:
         """Wait for the limiter; False (nothing taken) if the user cancels meanwhile."""
         if control is None:
@@ -419,46 +372,23 @@ class RemoteBackend:
         waiter.result()
         return not control.cancelled
 
-    async def _send(self, method: str, url: str, body: dict[str, object] | None, images: int) -> _Answer:
+    async def _send(self, method: str, url: str, body: dict[str, object] | None, images: int) -> Answer:
         headers = {"Accept": "application/json"}
         secret = self._account.api_key.get_secret_value()
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
         async with self._http.stream(method, url, json=body, headers=headers) as response:
             cap = MAX_IMAGE_BYTES * 2 * max(1, images) if response.status_code < 300 else MAX_ERROR_BODY_BYTES
-            content = await _read_capped(response, cap, self._where(), truncate=response.status_code >= 300)
-            return _Answer(response.status_code, response.headers, content)
+            content = await read_capped(response, cap, self._where(), truncate=response.status_code >= 300)
+            return Answer(response.status_code, response.headers, content)
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter: about base·2^(attempt-1), between half and all of it, capped."""
         ceiling = min(self._retry.backoff_max, self._retry.backoff_base * 2.0 ** (attempt - 1))
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
-    def _retry_after(self, headers: httpx2.Headers) -> float | None:
-        """``Retry-After`` in seconds (delta or HTTP date), capped at ``max_retry_after``; None if absent/invalid."""
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        seconds: float | None
-        try:
-            seconds = float(value)
-        except ValueError:
-            try:
-                seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
-            except (TypeError, ValueError, IndexError):
-                seconds = None
-        if seconds is None or seconds != seconds:  # absent or NaN
-            return None
-        return min(max(seconds, 0.0), self._retry.max_retry_after)
-
-    def _json(self, body: bytes) -> object:
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RemoteServiceError(f"{self._where()} answered something that is not JSON") from exc
-
-    def _detail(self, answer: _Answer) -> str:
-        return self._scrub(_error_detail(answer.body))
+    def _detail(self, answer: Answer) -> str:
+        return self._scrub(error_detail(answer.body))
 
     def _scrub(self, text: str) -> str:
         secret = self._account.api_key.get_secret_value()
@@ -477,53 +407,3 @@ class _Progress:
     def add(self, images: int) -> None:
         self.done += images
         self.control.report_progress(self.done / self.total)
-
-
-async def _read_capped(response: httpx2.Response, cap: int, where: str, *, truncate: bool = False) -> bytes:
-    """Read at most ``cap`` bytes of the body: more is a ``RemoteServiceError`` (or cut off when ``truncate``)."""
-    declared = response.headers.get("content-length")
-    if not truncate and declared is not None and declared.isdigit() and int(declared) > cap:
-        raise RemoteServiceError(f"{where} answered {declared} bytes, over the {cap}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > cap:
-            if truncate:
-                chunks.append(chunk[: len(chunk) - (size - cap)])
-                break
-            raise RemoteServiceError(f"{where} answered more than {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _error_detail(body: bytes) -> str:
-    """The admin-readable message of an error answer: OpenAI's envelope, IONOS's ``messages``, or plain text."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        return _shorten(text) or "(empty body)"
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            code = error.get("code") or error.get("type")
-            return _shorten(f"{error['message']}" + (f" ({code})" if code else ""))
-        if isinstance(error, str) and error:
-            return _shorten(error)
-        messages = payload.get("messages")
-        if isinstance(messages, list) and messages:
-            parts = [
-                f"{item.get('errorCode', '?')}: {item.get('message', '')}" if isinstance(item, dict) else str(item)
-                for item in messages
-            ]
-            return _shorten("; ".join(parts))
-        for key in ("detail", "message"):
-            if payload.get(key):
-                return _shorten(str(payload[key]))
-    return _shorten(text)
-
-
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
