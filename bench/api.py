@@ -61,7 +61,13 @@ def serve(port: int, storage: str, watermark: str) -> None:
     from text2image_hub.app import create_app
     from text2image_hub.settings import Settings, load_settings
 
-    environ = {"APP_PERSISTENT_STORAGE": storage, "T2I_API_KEYS": KEY, "T2I_WATERMARK": watermark}
+    # the instant backend stands in for the local one ("auto" would choose the remote service on a CPU box)
+    environ = {
+        "APP_PERSISTENT_STORAGE": storage,
+        "T2I_API_KEYS": KEY,
+        "T2I_WATERMARK": watermark,
+        "T2I_BACKEND": "local",
+    }
     settings = load_settings(environ, FIELD_IDS)
 
     async def backends(_: Settings) -> StaticBackends:

@@ -210,6 +210,12 @@ class FakeIonos:
         with self._lock:
             self._faults.extend([mode] * count)
 
+    def clear_faults(self) -> None:
+        """Forget the faults and hangs not used yet (a generation that failed early sends fewer requests)."""
+        with self._lock:
+            self._faults.clear()
+            self._hang.clear()
+
     def stats(self) -> FakeIonosStats:
         with self._lock:
             return FakeIonosStats(**self._counts)
