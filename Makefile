@@ -63,6 +63,9 @@ bench: $(STAMP) ## run the benchmarks and print their figures (bench/local.py --
 	PYTHONPATH=. $(BIN)/python bench/remote.py --check
 	PYTHONPATH=. $(BIN)/python bench/api.py
 	PYTHONPATH=. $(BIN)/python bench/footprint.py --check
+	PYTHONPATH=. $(BIN)/python bench/first_run.py
+	PYTHONPATH=. $(BIN)/python bench/recovery.py
+	PYTHONPATH=. $(BIN)/python bench/faults.py
 	PYTHONPATH=. $(BIN)/python bench/local.py --quick
 
 $(UV_STAMP):
