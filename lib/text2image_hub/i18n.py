@@ -7,8 +7,9 @@ rendered only when the reader's language is known: ``str(message)`` is English (
 Assistant). Values are inserted after translation, so a translation moves them where its grammar wants them.
 
 The catalogues are ``translationfiles/<lang>/text2image_hub.po`` (what translators edit), compiled by
-``scripts/compile_translations.py`` to ``locale/<lang>/LC_MESSAGES/text2image_hub.mo`` inside the package (what
-gettext reads); a language without a catalogue, or a message without a translation, falls back to English.
+``scripts/translations.py`` (``make translations``) to ``locale/<lang>/LC_MESSAGES/text2image_hub.mo`` inside the
+package (what gettext reads); a language without a catalogue, or a message without a translation, falls back to
+English.
 """
 
 from __future__ import annotations
