@@ -236,9 +236,11 @@ async def test_generate_out_of_memory_in_a_batch_goes_on_one_by_one(
 
 async def test_generate_keeps_event_loop_responsive(sdxl: LocalBackend) -> None:
     def heavy(_module: Any, _args: Any) -> None:
-        # stands in for a real model's step: torch releases the GIL while it computes, as on a GPU
+        # stands in for a real model's step: torch releases the GIL while it computes, as on a GPU; 50 ms of it per
+        # step whatever the machine's speed, so that the generation lasts long enough to measure
         matrix = torch.rand(384, 384)
-        for _ in range(12):
+        until = time.perf_counter() + 0.05
+        while time.perf_counter() < until:
             matrix = torch.tanh(matrix @ matrix)
 
     sdxl.pipeline.unet.register_forward_pre_hook(heavy)
