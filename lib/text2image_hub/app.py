@@ -19,6 +19,7 @@ from .admin import SENSITIVE_FIELDS, ConfigReader, settings_form
 from .api import ApiState, install_api
 from .auth import appapi_user
 from .backends import BackendSet
+from .backoff import Backoff
 from .errors import ConfigurationError, NextcloudUnavailableError, Text2ImageError
 from .i18n import Languages
 from .journal import TaskJournal
@@ -251,7 +252,7 @@ async def _set_enabled(hub: Hub, enabled: bool, language: str | None = None) -> 
     AppAPI sent (the installation's language, unless the admin chose one)."""
     parts = hub.nextcloud()
     deadline = time.monotonic() + ENABLE_RETRY_SECONDS
-    delay = 0.5
+    backoff = Backoff(0.5, 5.0)
     while True:
         try:
             if enabled:
@@ -261,12 +262,12 @@ async def _set_enabled(hub: Hub, enabled: bool, language: str | None = None) -> 
                 await parts.worker.disable()
             break
         except NextcloudUnavailableError as exc:
+            delay = backoff.next()
             if time.monotonic() + delay > deadline:
                 logger.error("enabled=%s failed: %s", enabled, exc)
                 return str(exc)
             logger.warning("enabled=%s: %s; trying again in %.1f s", enabled, exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
         except Text2ImageError as exc:
             logger.error("enabled=%s failed: %s", enabled, exc)
             return str(exc)

@@ -32,21 +32,6 @@ Render = Callable[[Message | str, str], str]
 UNDELIVERED_MESSAGE = _("Your image was made, but the server could not store it in time. Please try again.")
 
 
-class Backoff:
-    """1 s (``backoff_initial``), doubling up to ``backoff_max``."""
-
-    def __init__(self, timing: WorkerTiming) -> None:
-        self._timing = timing
-        self.delay = 0.0
-
-    def next(self) -> float:
-        self.delay = min(self._timing.backoff_max, max(self._timing.backoff_initial, self.delay * 2))
-        return self.delay
-
-    def reset(self) -> None:
-        self.delay = 0.0
-
-
 class _Abandoned(Exception):
     """Nextcloud did not take a delivery before the deadline (the outcome stays in the journal)."""
 
@@ -130,7 +115,7 @@ class Delivery:
 
     async def _retry(self, task_id: int, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` until Nextcloud takes it; ``_Abandoned`` when the delivery deadline passes first."""
-        backoff = Backoff(self._timing)
+        backoff = self._timing.backoff()
         clock = self._timing.clock
         started = clock()
         deadline = started + self._timing.delivery_deadline

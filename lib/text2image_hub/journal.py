@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +37,13 @@ class JournalEntry:
     input: dict[str, Any] = field(repr=False)  # holds the prompt: not for logs
     include_watermark: bool = True
     claimed_at: float = 0.0  # wall-clock time
-    language: str = ""  # the user's, for their messages ("" for the installation's)
+    user_id: str | None = None
+    language: str = ""  # the user's, for their messages, once known ("" for the installation's)
     attempts: int = 0
     failure: tuple[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "input": self.input,
-            "include_watermark": self.include_watermark,
-            "claimed_at": self.claimed_at,
-            "language": self.language,
-            "attempts": self.attempts,
-            "failure": list(self.failure) if self.failure else None,
-        }
+        return asdict(self)  # the failure tuple is written as a JSON list
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JournalEntry:
@@ -60,6 +53,7 @@ class JournalEntry:
             input=dict(data.get("input") or {}),
             include_watermark=bool(data.get("include_watermark", True)),
             claimed_at=float(data.get("claimed_at") or 0.0),
+            user_id=str(data["user_id"]) if data.get("user_id") else None,
             language=str(data.get("language") or ""),
             attempts=int(data.get("attempts") or 0),
             failure=(str(failure[0]), str(failure[1])) if isinstance(failure, list) and len(failure) == 2 else None,
@@ -72,9 +66,9 @@ class TaskJournal:
         self._clock = clock
 
     def new_entry(
-        self, task_id: int, task_input: dict[str, Any], include_watermark: bool, language: str = ""
+        self, task_id: int, task_input: dict[str, Any], include_watermark: bool, user_id: str | None = None
     ) -> JournalEntry:
-        return JournalEntry(task_id, task_input, include_watermark, claimed_at=self._clock(), language=language)
+        return JournalEntry(task_id, task_input, include_watermark, claimed_at=self._clock(), user_id=user_id)
 
     def age(self, entry: JournalEntry) -> float:
         return self._clock() - entry.claimed_at
@@ -82,9 +76,9 @@ class TaskJournal:
     async def write(self, entry: JournalEntry) -> None:
         await asyncio.to_thread(self._write, entry)
 
-    async def started(self, entry: JournalEntry) -> JournalEntry:
-        """Count one more generation of ``entry`` (written before it starts)."""
-        updated = replace(entry, attempts=entry.attempts + 1)
+    async def started(self, entry: JournalEntry, language: str) -> JournalEntry:
+        """Count one more generation of ``entry``, in its user's ``language`` (written before it starts)."""
+        updated = replace(entry, attempts=entry.attempts + 1, language=language)
         await self.write(updated)
         return updated
 
@@ -92,7 +86,8 @@ class TaskJournal:
         await asyncio.to_thread(self._remove, task_id)
 
     async def entries(self) -> list[JournalEntry]:
-        """Every entry, oldest claim first; unreadable files are logged and removed."""
+        """Every entry, oldest claim first. An unreadable entry is logged and comes back as a failure to report
+        (its task is RUNNING in Nextcloud); other unreadable files are removed."""
         return await asyncio.to_thread(self._read_all)
 
     # --- blocking parts, run in a thread ---------------------------------------------------------------------------
@@ -119,10 +114,11 @@ class TaskJournal:
             try:
                 found.append(JournalEntry.from_json(json.loads(path.read_text(encoding="utf-8"))))
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                logger.error("the journal entry %s is unreadable (%s): its task is reported failed", path.name, exc)
                 if path.stem.isdigit():  # the task is still RUNNING in Nextcloud: it must end
+                    logger.error("the journal entry %s is unreadable (%s): its task is reported failed", path.name, exc)
                     found.append(JournalEntry(int(path.stem), {}, failure=(f"journal entry unreadable: {exc}", "")))
                 else:
+                    logger.error("the journal file %s is unreadable (%s): removed", path.name, exc)
                     with contextlib.suppress(OSError):
                         path.unlink()
         for partial in self._folder.glob("*.part"):  # a write the process did not finish

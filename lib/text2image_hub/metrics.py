@@ -9,7 +9,8 @@ Who records what:
 - the HTTP middleware: ``request_finished`` for every request;
 - ``ImageService.generate`` (source ``task`` or ``api``): ``generation_started`` and then ``generation_finished`` or
   ``generation_failed``, balanced whatever happens;
-- the task worker: ``track_tasks_in_progress`` and ``task_recovered`` (tasks found in the journal at start-up).
+- the task worker: ``track_tasks_in_progress`` and ``task_recovered`` (journaled tasks nobody was working on,
+  found at start-up, after /enabled or once Nextcloud takes an outcome it could not take before).
 """
 
 from __future__ import annotations

@@ -156,8 +156,9 @@ class NextcloudGateway:
     async def unregister_form(self, form_id: str) -> None:
         await self._guarded("unregister settings form", self._nc.ui.settings.unregister_form(form_id))
 
-    async def set_init_status(self, progress: int, error: str = "") -> None:
-        await self._guarded("set_init_status", self._nc.set_init_status(progress, error))
+    async def set_init_status(self, progress: int) -> None:
+        """Init's progress (0..100); init never reports an error (see ``app._initialize``)."""
+        await self._guarded("set_init_status", self._nc.set_init_status(progress))
 
     async def enabled(self) -> bool:
         """Whether AppAPI has the app enabled. Raises when Nextcloud cannot tell."""

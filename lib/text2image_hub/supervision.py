@@ -1,4 +1,5 @@
-"""Supervised background work: the task worker, the log forwarder, the url-image sweeper, the standalone warm-up.
+"""Supervised background work: the task worker, the log forwarder, the url-image and job sweepers, the standalone
+warm-up.
 
 An exception inside a background task is otherwise silent until shutdown awaits it, and the app looks healthy
 while, say, no task is ever claimed again. Each loop runs as a task whose end is watched: one that dies of an
@@ -16,6 +17,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from .backoff import Backoff
+
 logger = logging.getLogger(__name__)
 
 LoopFactory = Callable[[], Coroutine[Any, Any, None]]
@@ -24,9 +27,9 @@ LoopFactory = Callable[[], Coroutine[Any, Any, None]]
 @dataclass
 class _Loop:
     factory: LoopFactory
+    backoff: Backoff
     task: asyncio.Task[None] | None = None
     started: float = 0.0
-    delay: float = 0.0
     restarts: int = 0
 
 
@@ -39,7 +42,7 @@ class Supervisor:
 
     def start(self, name: str, factory: LoopFactory) -> None:
         """Run ``factory()`` as the loop ``name``, restarted whenever it dies of an exception."""
-        self._loops[name] = _Loop(factory)
+        self._loops[name] = _Loop(factory, Backoff(self._backoff_initial, self._backoff_max))
         self._spawn(name)
 
     def alive(self, name: str) -> bool:
@@ -67,11 +70,11 @@ class Supervisor:
             return
         loop = self._loops[name]
         if time.monotonic() - loop.started > self._backoff_max:
-            loop.delay = 0.0  # it ran a good while: a fresh failure, not a crash loop
-        loop.delay = min(self._backoff_max, max(self._backoff_initial, loop.delay * 2))
+            loop.backoff.reset()  # it ran a good while: a fresh failure, not a crash loop
+        delay = loop.backoff.next()
         loop.restarts += 1
-        logger.error("background task %s failed; restarting it in %.0f s", name, loop.delay, exc_info=error)
-        asyncio.get_running_loop().call_later(loop.delay, self._spawn, name)
+        logger.error("background task %s failed; restarting it in %.0f s", name, delay, exc_info=error)
+        asyncio.get_running_loop().call_later(delay, self._spawn, name)
 
     async def stop(self) -> None:
         """Cancel every loop and wait for them to end."""

@@ -31,7 +31,8 @@ from nc_py_api.ex_app.providers.task_processing import TaskProcessingProvider
 
 from .admin import ConfigReader, RuntimeConfig
 from .backends import BackendSet, GenerationControl
-from .delivery import Backoff, Delivery
+from .backoff import Backoff
+from .delivery import Delivery
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 INTERNAL_ERROR_MESSAGE = _("The image could not be generated because of an internal error. Please try again later.")
 RESTART_MESSAGE = _("The image service restarted before your image was ready. Please try again.")
+DISABLED_ADMIN_MESSAGE = "the app was disabled while the task ran"
 DISABLED_MESSAGE = _("The image service was switched off by the administrator before your image was ready.")
 GIVEN_UP_MESSAGE = _(
     "This image could not be generated: the image service stopped each time it tried. Please try another prompt or "
@@ -100,6 +102,9 @@ class WorkerTiming:
     clock: Callable[[], float] = time.monotonic
     """The clock and the sleep of delivery retries (tests pass simulated ones to cover a 16-minute outage)."""
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.backoff_initial, self.backoff_max)
 
 
 @dataclass
@@ -176,7 +181,7 @@ class TaskWorker:
 
     # --- the loop -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        backoff = Backoff(self._timing)
+        backoff = self._timing.backoff()
         outage_logged = False
         while not self._stopping:
             try:
@@ -215,8 +220,7 @@ class TaskWorker:
             if task is None:
                 return
             logger.debug("task %d claimed", task.id)
-            language = await self._gateway.user_language(task.user_id) if task.user_id else None
-            entry = self._journal.new_entry(task.id, task.input, task.include_watermark, language or self._language)
+            entry = self._journal.new_entry(task.id, task.input, task.include_watermark, task.user_id)
             await self._journal.write(entry)
             self._start(entry)
 
@@ -318,6 +322,7 @@ class TaskWorker:
         """The per-task boundary: every task ends SUCCESSFUL or FAILED unless the user cancelled or deleted it."""
         progress = ProgressReporter(self._gateway, entry.task_id, control, self._timing)
         try:
+            entry = await self._started(entry)
             result = await self._generate(entry, control)
             progress.halt()  # nothing more is sent; a call in flight ends while the images upload
             self._generated(entry.task_id)
@@ -326,7 +331,7 @@ class TaskWorker:
         except GenerationCancelledError:
             await progress.stop()
             if self._disabling:
-                await self._delivery.failure(entry, "the app was disabled while the task ran", DISABLED_MESSAGE)
+                await self._delivery.failure(entry, DISABLED_ADMIN_MESSAGE, DISABLED_MESSAGE)
             elif self._stopping:
                 logger.info("task %d stopped by the shutdown: kept for the next start", entry.task_id)
             else:
@@ -345,9 +350,7 @@ class TaskWorker:
         except asyncio.CancelledError:
             progress.abandon()
             if self._disabling:
-                await asyncio.shield(
-                    self._delivery.failure(entry, "the app was disabled while the task ran", DISABLED_MESSAGE)
-                )
+                await asyncio.shield(self._delivery.failure(entry, DISABLED_ADMIN_MESSAGE, DISABLED_MESSAGE))
             raise  # a shutdown: the journal keeps the task for the next start
         except Exception as exc:  # the per-task boundary: no task is ever left RUNNING
             await progress.stop()
@@ -367,8 +370,13 @@ class TaskWorker:
             source="task",
             style=request.style,
         )
-        await self._journal.started(entry)
         return await self._service.generate(spec, config, control)
+
+    async def _started(self, entry: JournalEntry) -> JournalEntry:
+        """The entry journaled as started, with its user's language (looked up after the claim was journaled, and
+        remembered by the gateway: a user's next tasks ask Nextcloud nothing)."""
+        language = await self._gateway.user_language(entry.user_id) if entry.user_id else None
+        return await self._journal.started(entry, language or self._language)
 
     # --- shutdown ---------------------------------------------------------------------------------------------------
     async def shutdown(self) -> None:
