@@ -20,11 +20,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from text2image_hub.i18n import DOMAIN, LANGUAGES, LOCALE_DIR, catalogue_path
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "lib" / "text2image_hub"
 TRANSLATIONS = ROOT / "translationfiles"
-DOMAIN = "text2image_hub"
-LANGUAGES = ("de", "de_DE", "es", "fr", "it", "nl")
 MARKER = "_"
 
 
@@ -147,7 +147,7 @@ def po_path(language: str) -> Path:
 
 
 def mo_path(language: str) -> Path:
-    return PACKAGE / "locale" / language / "LC_MESSAGES" / f"{DOMAIN}.mo"
+    return catalogue_path(LOCALE_DIR, language)
 
 
 def update_catalogues() -> None:

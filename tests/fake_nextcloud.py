@@ -244,6 +244,7 @@ class Auth(enum.Enum):
     APP_OCS_V1 = enum.auto()  # the ExApp (AppAPI's OCS v1 endpoints); else HTTP 401, OCS statuscode 997
     EXAPP_V2 = enum.auto()  # the ExApp (TaskProcessing provider endpoints); else 412 {"message": "ExApp required"}
     USER = enum.auto()  # a logged-in user; else 401 "Current user is not logged in"
+    USER_OR_EXAPP_AS_USER = enum.auto()  # USER, or the ExApp acting as a known user (AppAPI auth with a user id)
     USER_OR_ANONYMOUS = enum.auto()  # a logged-in user or no login at all; a wrong login gets USER's 401
     ADMIN = enum.auto()  # an admin (an index.php controller): 401 / 403 with a plain JSON message
     PROXY = enum.auto()  # anyone; a wrong login counts as anonymous (the proxied route's access level decides)
@@ -1455,7 +1456,7 @@ class FakeNextcloud:
             ("POST", app_api + r"/api/v1/log", self._h_log, Auth.APP_OCS_V1),
             ("PUT", app_api + r"/ex-app/status", self._h_init_status, Auth.APP_OCS_V1),
             ("GET", app_api + r"/ex-app/state", self._h_state, Auth.APP_OCS_V1),
-            ("GET", r"/ocs/v[12]\.php/cloud/user", self._h_current_user, Auth.NONE),
+            ("GET", r"/ocs/v[12]\.php/cloud/user", self._h_current_user, Auth.USER_OR_EXAPP_AS_USER),
             ("GET", tp + r"/tasks_provider/next", self._h_next, Auth.EXAPP_V2),
             ("GET", tp + r"/tasks_provider/next_batch", self._h_next_batch, Auth.EXAPP_V2),
             ("POST", tp + r"/tasks_provider/(?P<task_id>\d+)/progress", self._h_progress, Auth.EXAPP_V2),
@@ -1487,10 +1488,13 @@ class FakeNextcloud:
             return self._app_api_denied(req) if self._app_auth(req) is None else None
         if auth is Auth.EXAPP_V2:
             return self._exapp_required(req) if self._app_auth(req) is None else None
+        if auth is Auth.USER_OR_EXAPP_AS_USER and "authorization-app-api" in req.headers:
+            req.user = self._app_auth(req) or None
+            return self._not_logged_in(req) if req.user not in self._users() else None
         req.user, wrong_login = self._basic_user(req)
         if auth is Auth.USER_OR_ANONYMOUS:
             return self._not_logged_in(req) if wrong_login else None
-        if auth is Auth.USER:
+        if auth in (Auth.USER, Auth.USER_OR_EXAPP_AS_USER):
             return self._not_logged_in(req) if req.user is None else None
         if auth is Auth.ADMIN:
             if req.user is None:
@@ -1656,9 +1660,7 @@ class FakeNextcloud:
     async def _h_current_user(self, req: _Req) -> Response:
         """The caller's own details (Provisioning API): an ExApp acting as a user (AppAPI auth with a user id) or a
         user with basic auth. ``language`` is the user's setting, else the installation's default (``en``)."""
-        user = self._app_auth(req) if "authorization-app-api" in req.headers else self._basic_user(req)[0]
-        if not user or user not in self._users():
-            return self._not_logged_in(req)
+        user = str(req.user)
         with self._lock:
             language = self._languages.get(user, "en")
         data = {

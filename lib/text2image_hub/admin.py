@@ -16,6 +16,7 @@ from nc_py_api.ex_app.ui.settings import SettingsField, SettingsFieldType, Setti
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigurationError, InvalidRequestError
+from .i18n import LANGUAGE_NAMES
 from .imaging import ImageSize
 from .policy import PromptPolicy, compile_terms
 
@@ -28,16 +29,6 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 BackendChoice = Literal["auto", "local", "remote", "local_then_remote"]
 AutomaticBackend = Literal["local", "remote"]
 PresetChoice = Literal["ionos", "openai", "custom"]
-LanguageChoice = Literal["", "en", "de", "de_DE", "es", "fr", "it", "nl"]
-LANGUAGE_NAMES = {
-    "en": "English",
-    "de": "Deutsch (Du)",
-    "de_DE": "Deutsch (Sie)",
-    "es": "Español",
-    "fr": "Français",
-    "it": "Italiano",
-    "nl": "Nederlands",
-}
 
 
 class RuntimeConfig(BaseModel):
@@ -68,7 +59,7 @@ class RuntimeConfig(BaseModel):
     styles: bool = True
     blocked_terms: str = Field("", max_length=20_000)
     blocked_message: str = Field("", max_length=500)
-    language: LanguageChoice = ""
+    language: str = ""
 
     @field_validator("remote_base_url")
     @classmethod
@@ -105,6 +96,14 @@ class RuntimeConfig(BaseModel):
         if isinstance(value, str) and _CIPHERTEXT.match(value.strip()):
             raise ValueError("is stored encrypted by an older setup: enter it again in the admin settings")
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        value = value.strip()
+        if value and value not in LANGUAGE_NAMES:
+            raise ValueError(f"must be empty (automatic) or one of {', '.join(LANGUAGE_NAMES)}")
+        return value
 
     @field_validator("blocked_terms")
     @classmethod

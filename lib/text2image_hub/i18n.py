@@ -24,9 +24,19 @@ from pathlib import Path
 
 DOMAIN = "text2image_hub"
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
-LANGUAGES = ("de", "de_DE", "es", "fr", "it", "nl")
-"""The shipped translations (English is the source). As in Nextcloud, ``de`` is informal German, ``de_DE`` formal."""
 DEFAULT_LANGUAGE = "en"
+LANGUAGE_NAMES = {
+    "en": "English",
+    "de": "Deutsch (Du)",
+    "de_DE": "Deutsch (Sie)",
+    "es": "Español",
+    "fr": "Français",
+    "it": "Italiano",
+    "nl": "Nederlands",
+}
+"""The languages shipped, by their own names. As in Nextcloud, ``de`` is informal German, ``de_DE`` formal."""
+LANGUAGES = tuple(code for code in LANGUAGE_NAMES if code != DEFAULT_LANGUAGE)
+"""The translations (English is the source)."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,11 @@ class Message:
     values: Mapping[str, object] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return self.template.format(**self.values) if self.values else self.template
+        return self.format(self.template)
+
+    def format(self, template: str) -> str:
+        """``template`` (this message's English, or its translation) with the values filled in."""
+        return template.format(**self.values) if self.values else template
 
 
 def _(template: str, /, **values: object) -> Message:
@@ -56,6 +70,11 @@ def language_code(tag: str | None) -> str:
     return f"{language}_{region.upper()}" if region else language
 
 
+def catalogue_path(locale_dir: Path, language: str) -> Path:
+    """Where gettext's compiled catalogue of ``language`` lies (``scripts/translations.py`` writes it)."""
+    return locale_dir / language / "LC_MESSAGES" / f"{DOMAIN}.mo"
+
+
 class Catalog:
     """The translations, loaded once per language (``gettext`` falls back to English for anything missing)."""
 
@@ -68,7 +87,7 @@ class Catalog:
         files are opened by path: ``gettext.translation`` would also try ``locale.normalize``'s guesses (``de`` →
         ``de_DE``), turning informal German formal."""
         for candidate in dict.fromkeys([language, language.split("_")[0]]):
-            path = self._locale_dir / candidate / "LC_MESSAGES" / f"{DOMAIN}.mo"
+            path = catalogue_path(self._locale_dir, candidate)
             with contextlib.suppress(FileNotFoundError), path.open("rb") as catalogue:
                 return gettext.GNUTranslations(catalogue)
         return gettext.NullTranslations()
@@ -80,9 +99,8 @@ class Catalog:
         code = language_code(language)
         if code == DEFAULT_LANGUAGE:
             return str(message)
-        template = self._translations(code).gettext(message.template)
         try:
-            return template.format(**message.values) if message.values else template
+            return message.format(self._translations(code).gettext(message.template))
         except (KeyError, IndexError, ValueError):  # a translation that lost a {field}: English rather than nothing
             return str(message)
 
@@ -114,10 +132,12 @@ class Languages:
     def installation(self, configured: str = "") -> str:
         if configured:
             return language_code(configured)
-        if self._remembered is None and self._file is not None:
-            with contextlib.suppress(OSError):
-                self._remembered = language_code(self._file.read_text(encoding="utf-8"))
-        return self._remembered or DEFAULT_LANGUAGE
+        if self._remembered is None:
+            self._remembered = DEFAULT_LANGUAGE  # the file is read once: /enabled keeps it current
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._remembered = language_code(self._file.read_text(encoding="utf-8"))
+        return self._remembered
 
     def render(self, message: Message | str, language: str | None) -> str:
         return self._catalog.render(message, language)

@@ -8,6 +8,7 @@ an info line in the log that names the rule, never the prompt.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class PromptRejectedError(InvalidRequestError):
         super().__init__(message, code="PROMPT_REJECTED", param="prompt")
 
 
+@functools.lru_cache(maxsize=16)  # the config (and so its policy) is read per task and per request
 def compile_terms(text: str) -> tuple[re.Pattern[str], ...]:
     """The admin's terms as patterns; an invalid regular expression is a ``ValueError`` naming it."""
     patterns = []

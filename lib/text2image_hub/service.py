@@ -95,17 +95,19 @@ class ImageService:
         if _remote_in_play(config):
             with contextlib.suppress(ConfigurationError):
                 found.append(self._backends.remote(config).model)
-        if config.backend == "local_then_remote" and self._backends.local_status(config).failed:
-            found.reverse()  # the remote model is the one that works now
+        if self._remote_first(config):
+            found.reverse()
         return found
 
     async def primary_model(self, config: RuntimeConfig) -> ModelInfo:
         """The model tasks run on with this config (the provider declares its sizes and runtime); nothing is loaded."""
-        if config.backend == "remote":
-            return self._backends.remote(config).model
-        if config.backend == "local_then_remote" and self._backends.local_status(config).failed:
-            return self._backends.remote(config).model
-        return self._backends.local_model(config)
+        return self._backends.remote(config).model if self._remote_first(config) else self._backends.local_model(config)
+
+    def _remote_first(self, config: RuntimeConfig) -> bool:
+        """Whether the remote model is the primary: chosen, or the fallback while the local model has failed."""
+        return config.backend == "remote" or (
+            config.backend == "local_then_remote" and self._backends.local_status(config).failed
+        )
 
     def task_slots(self, config: RuntimeConfig) -> int:
         """How many tasks may be generating at once: one for a GPU; for a remote service, enough to use its whole
@@ -174,21 +176,15 @@ class ImageService:
         if name is None or not name.strip():
             return None
         name = name.strip()
-        available = []
-        if config.backend != "remote":
-            with contextlib.suppress(ConfigurationError):
-                available.append(self._backends.local_model(config).id)
-                if available[0] == name:
-                    return await self._backends.local(config)
-        if _remote_in_play(config):
-            with contextlib.suppress(ConfigurationError):
-                remote = self._backends.remote(config)
-                if remote.model.id == name:
-                    return remote
-                available.append(remote.model.id)
+        models = await self.models(config)
+        for model in models:
+            if model.id == name:  # loading it may fail: that error, not "no such model"
+                return await self._backends.local(config) if model.backend == "local" else self._backends.remote(config)
         if name.lower().startswith(OPENAI_MODEL_PREFIXES):
             return None
-        raise _unknown_model(name, available)
+        raise InvalidRequestError(
+            unknown_model(name, [model.id for model in models]), code="MODEL_NOT_FOUND", param="model"
+        )
 
     async def _local_then_remote(
         self, asked: ImageRequest, config: RuntimeConfig, control: GenerationControl
@@ -336,15 +332,12 @@ def _unsupported(message: Message, param: str) -> InvalidRequestError:
     return InvalidRequestError(message, code="UNSUPPORTED_PARAMETER", param=param)
 
 
-def _unknown_model(name: str, available: list[str]) -> InvalidRequestError:
-    return InvalidRequestError(
-        _(
-            "The model '{name}' does not exist or is not enabled. Available: {models}.",
-            name=name[:100],
-            models=", ".join(available) or "none",
-        ),
-        code="MODEL_NOT_FOUND",
-        param="model",
+def unknown_model(name: str, available: list[str]) -> Message:
+    """What a caller naming a model we do not serve reads."""
+    return _(
+        "The model '{name}' does not exist or is not enabled. Available: {models}.",
+        name=name[:100],
+        models=", ".join(available) or "none",
     )
 
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..backends import MAX_IMAGES, ModelInfo
 from ..errors import NotFoundError
+from ..service import unknown_model
 from ..styles import STYLE_IDS
 from . import docs
 from .access import ContextDep, hub_of
@@ -79,12 +80,8 @@ async def get_model(model_id: str, context: ContextDep) -> ModelObject:
     for index, model in enumerate(models):
         if model.id == model_id:
             return _model_object(model, context.hub.api.started, primary=index == 0, styles=context.config.styles)
-    available = ", ".join(model.id for model in models) or "none"
-    raise NotFoundError(
-        f"The model '{model_id[:100]}' does not exist or is not enabled. Available: {available}.",
-        code="MODEL_NOT_FOUND",
-        param="model",
-    )
+    available = [model.id for model in models]
+    raise NotFoundError(unknown_model(model_id, available), code="MODEL_NOT_FOUND", param="model")
 
 
 @router.get(
