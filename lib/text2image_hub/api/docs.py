@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backends import MAX_IMAGES
 from .jobs import MAX_ACTIVE_PER_CALLER, MAX_KEPT_PER_CALLER, TOO_MANY_RETRY_AFTER
 from .schemas import ErrorEnvelope, GenerationBody
 
@@ -64,7 +65,7 @@ GENERATION_BODY = {
 }
 GENERATION_DESCRIPTION = (
     "OpenAI's `POST /v1/images/generations` with extensions `seed`, `seeds`, `negative_prompt`, `steps`, "
-    "`guidance_scale` and `useCache`. Send JSON, multipart/form-data or form-urlencoded. The answer names the "
+    "`guidance_scale`, `style` and `useCache`. Send JSON, multipart/form-data or form-urlencoded. The answer names the "
     "model, backend, seeds and generation time in the body and in the headers `X-Model`, `X-Backend`, "
     "`X-Seeds`, `X-Generation-Seconds` (and `X-Cache: hit|miss`).\n\n"
     "**Models.** Omit `model` (or send an OpenAI name such as `dall-e-2`, as Nextcloud's OpenAI integration "
@@ -73,13 +74,16 @@ GENERATION_DESCRIPTION = (
     "`negative_prompt`, or a seed for a remote service that takes none) is a 400 `UNSUPPORTED_PARAMETER`, never "
     "silently dropped; the model's `capabilities` in `GET /v1/models` say what it takes.\n\n"
     "**Cache.** Requests that give `seed` or `seeds` are answered from an in-memory result cache (keyed by "
-    "prompt, model, size, steps, guidance, negative prompt, seeds, n and the admin settings that shape images) "
+    "prompt, style, model, size, steps, guidance, negative prompt, seeds, n and the admin settings that shape "
+    "images) "
     "unless `useCache` is false. Without seeds every request makes new images.\n\n"
     "**URLs.** `response_format=url` answers links to `GET /v1/images/{id}`, which need no authentication (the "
     "unguessable id is the capability) and expire after the image TTL (`T2I_IMAGE_TTL`, default 3600 s). "
     "Called through Nextcloud, the links point through Nextcloud's AppAPI proxy.\n\n"
-    "**Limits.** 1 to 12 images per request. The admin setting `api_rate_limit` allows that many requests per "
-    "minute per user or key (429 with `Retry-After` beyond it). `quality` and `style` are accepted and ignored."
+    f"**Limits.** 1 to {MAX_IMAGES} images per request. The admin setting `api_rate_limit` allows that many "
+    "requests per minute per user or key (429 with `Retry-After` beyond it). A prompt the admin's blocked terms "
+    "refuse is a 400 `PROMPT_REJECTED`. `style` takes the values of the model's `capabilities.styles` (OpenAI's "
+    "`vivid` and `natural` mean none); `quality` is accepted and ignored."
 )
 GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -99,7 +103,7 @@ GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
         "MODEL_NOT_FOUND, INVALID_QUALITY, INVALID_STYLE, INVALID_RESPONSE_FORMAT, INVALID_SEED, INVALID_SEEDS, "
         "INVALID_STEPS, INVALID_GUIDANCE, INVALID_GUIDANCE_SCALE, INVALID_NEGATIVE_PROMPT, INVALID_USE_CACHE, "
         "INVALID_MODEL, INVALID_USER, UNSUPPORTED_PARAMETER, INVALID_BODY, UNSUPPORTED_MEDIA_TYPE, "
-        "REQUEST_TOO_LARGE.",
+        "REQUEST_TOO_LARGE, PROMPT_REJECTED, STYLES_DISABLED.",
         envelope(
             "The size 640x480 is not supported by test/model. Supported sizes: 512x512, 1024x1024.",
             "invalid_request_error",
@@ -151,9 +155,12 @@ JOB_CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: GENERATION_RESPONSES[400],
     401: UNAUTHORIZED,
     429: error_doc(
-        "`api_rate_limit` reached (RATE_LIMITED), or 4 jobs of this caller still run (TOO_MANY_JOBS); see Retry-After.",
+        f"`api_rate_limit` reached (RATE_LIMITED), or {MAX_ACTIVE_PER_CALLER} jobs of this caller still run "
+        "(TOO_MANY_JOBS); see Retry-After.",
         envelope(
-            "Too many jobs: at most 4 per user or API key may run at once. …", "rate_limit_error", "TOO_MANY_JOBS"
+            f"Too many jobs: at most {MAX_ACTIVE_PER_CALLER} per user or API key may run at once. …",
+            "rate_limit_error",
+            "TOO_MANY_JOBS",
         ),
     ),
     500: INTERNAL,

@@ -35,6 +35,7 @@ from ..errors import (
     Text2ImageError,
 )
 from ..metrics import Metrics
+from .schemas import INTERNAL_ERROR_MESSAGE
 from .state import ApiState
 
 logger = logging.getLogger(__name__)
@@ -102,9 +103,7 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> R
 
 
 def internal_error() -> JSONResponse:
-    return error_response(
-        500, "The server had an internal error. Try again later.", error_type="server_error", code="INTERNAL_ERROR"
-    )
+    return error_response(500, INTERNAL_ERROR_MESSAGE, error_type="server_error", code="INTERNAL_ERROR")
 
 
 class RequestMiddleware:

@@ -28,12 +28,12 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends import GenerationControl
 from ..errors import GenerationCancelledError, NotFoundError, Text2ImageError, TooManyJobsError
-from .schemas import ErrorDetail, ImageJob, ImagesResponse, JobStatus
+from .schemas import INTERNAL_ERROR_MESSAGE, ErrorDetail, ImageJob, ImagesResponse, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -48,28 +48,21 @@ SHUTDOWN_GRACE = 1.0
 
 Work = Callable[[GenerationControl], Awaitable[ImagesResponse]]
 
-_RESULT_FIELDS = ("data", "model", "backend", "seeds", "size", "generation_seconds", "cached")
+_RESULT_FIELDS = set(ImagesResponse.model_fields) & set(ImageJob.model_fields)
+"""What a succeeded job shows of the synchronous answer."""
 
-
-@dataclass(frozen=True)
-class JobError:
-    """Why a job failed or that it was cancelled: the fields of OpenAI's error envelope."""
-
-    message: str
-    type: str
-    code: str
-    param: str | None = None
-
-    @classmethod
-    def of(cls, exc: Text2ImageError) -> JobError:
-        return cls(exc.user_message, exc.error_type, exc.code, exc.param)
-
-
-_CANCELLED = JobError("The job was cancelled.", "invalid_request_error", "CANCELLED")
-_INTERNAL = JobError("The server had an internal error. Try again later.", "server_error", "INTERNAL_ERROR")
-_SHUTDOWN = JobError(
-    "The server shut down while the job ran. Create it again.", "service_unavailable", "SERVER_SHUTDOWN"
+_CANCELLED = ErrorDetail(message="The job was cancelled.", type="invalid_request_error", code="CANCELLED")
+_INTERNAL = ErrorDetail(message=INTERNAL_ERROR_MESSAGE, type="server_error", code="INTERNAL_ERROR")
+_SHUTDOWN = ErrorDetail(
+    message="The server shut down while the job ran. Create it again.",
+    type="service_unavailable",
+    code="SERVER_SHUTDOWN",
 )
+
+
+def _error_of(exc: Text2ImageError) -> ErrorDetail:
+    """Why a job failed: the fields of OpenAI's error envelope."""
+    return ErrorDetail(message=exc.user_message, type=exc.error_type, param=exc.param, code=exc.code)
 
 
 @dataclass(eq=False)
@@ -82,9 +75,11 @@ class Job:
     finished_at: float | None = None
     expires_at: float | None = None
     response: ImagesResponse | None = None
-    error: JobError | None = None
+    error: ErrorDetail | None = None
     task: asyncio.Task[None] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    final: dict[str, Any] | None = field(default=None, repr=False)
+    """The payload once the job has ended (it changes no more: polls do not rebuild it)."""
 
     @property
     def finished(self) -> bool:
@@ -113,7 +108,7 @@ class Job:
             await asyncio.wait_for(self.ended.wait(), seconds)
 
     def view(self) -> ImageJob:
-        result = {} if self.response is None else self.response.model_dump(include=set(_RESULT_FIELDS))
+        result = {} if self.response is None else self.response.model_dump(include=_RESULT_FIELDS)
         return ImageJob(
             id=self.id,
             status=self.status,
@@ -121,16 +116,20 @@ class Job:
             created_at=int(self.created_at),
             finished_at=None if self.finished_at is None else int(self.finished_at),
             expires_at=None if self.expires_at is None else int(self.expires_at),
-            error=None if self.error is None else ErrorDetail(**asdict(self.error)),
+            error=self.error,
             **result,
         )
 
     def payload(self) -> dict[str, Any]:
         """The job's JSON: absent fields left out as in the synchronous answer, the error envelope's fields all in."""
+        if self.final is not None:
+            return self.final
         view = self.view()
         body = view.model_dump(exclude_none=True)
         if view.error is not None:
             body["error"] = view.error.model_dump()
+        if self.finished:
+            self.final = body
         return body
 
 
@@ -214,9 +213,10 @@ class JobStore:
 
     async def aclose(self) -> None:
         """App shutdown: end every running job (failed, SERVER_SHUTDOWN), stop its generation, wait for its task."""
-        tasks = [job.task for job in self._jobs.values() if job.task is not None and job.active]
+        tasks = []
         for job in self._jobs.values():
-            if job.active:
+            if job.task is not None and job.active:
+                tasks.append(job.task)
                 job.control.cancel()
                 self._finish(job, "failed", error=_SHUTDOWN)
         if not tasks:
@@ -245,7 +245,7 @@ class JobStore:
         except Text2ImageError as exc:
             log = logger.warning if exc.http_status >= 500 else logger.info
             log("job %s failed (%s): %s", job.id[:8], exc.code, exc)
-            self._finish(job, "failed", error=JobError.of(exc))
+            self._finish(job, "failed", error=_error_of(exc))
         else:
             self._finish(job, "succeeded", response=response)
 
@@ -260,7 +260,7 @@ class JobStore:
             self._finish(job, "failed", error=_INTERNAL)
 
     def _finish(
-        self, job: Job, status: JobStatus, *, response: ImagesResponse | None = None, error: JobError | None = None
+        self, job: Job, status: JobStatus, *, response: ImagesResponse | None = None, error: ErrorDetail | None = None
     ) -> None:
         if job.finished:
             return  # the first end stands (a cancelled job's late result is not kept)

@@ -18,7 +18,7 @@ from .access import hub_of
 router = APIRouter(tags=["operations"])
 
 READINESS_WAIT = 0.5
-"""Seconds /readyz waits for Nextcloud's answer to the configuration request (it answers within about a second)."""
+"""Seconds /readyz waits for Nextcloud's answer to the configuration request."""
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -36,7 +36,7 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         config = await asyncio.wait_for(hub.config.load(), READINESS_WAIT)
     except TimeoutError:
-        detail = "Nextcloud did not answer the configuration request within a second"
+        detail = f"Nextcloud did not answer the configuration request within {READINESS_WAIT:g} s"
         return JSONResponse({"status": "not ready", "reason": "NEXTCLOUD_UNAVAILABLE", "detail": detail}, 503)
     except Text2ImageError as exc:
         return JSONResponse({"status": "not ready", "reason": exc.code, "detail": str(exc)}, status_code=503)

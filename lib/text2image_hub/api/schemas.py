@@ -43,10 +43,6 @@ _FIELD_CODES: dict[str, str] = {
     "background": "UNSUPPORTED_PARAMETER",
     "partial_images": "UNSUPPORTED_PARAMETER",
 }
-_PATTERN_HINTS = {
-    "size": "write it as WIDTHxHEIGHT, for example 1024x1024",
-    "seeds": "write the seeds as a JSON array or comma-separated numbers, for example 101,102",
-}
 _UNSUPPORTED_MESSAGES: dict[str, str] = {
     "stream": "Streaming is not supported: leave 'stream' out or set it to false.",
     "output_format": "Only PNG output is supported: leave 'output_format' out or set it to 'png'.",
@@ -57,7 +53,7 @@ _UNSUPPORTED_MESSAGES: dict[str, str] = {
 
 class GenerationBody(BaseModel):
     """``POST /v1/images/generations``: OpenAI's request plus ``seed``, ``seeds``, ``negative_prompt``, ``steps``,
-    ``guidance_scale`` and ``useCache``. Unknown fields are ignored."""
+    ``guidance_scale``, our ``style`` and ``useCache``. Unknown fields are ignored."""
 
     model_config = ConfigDict(
         extra="ignore",
@@ -89,7 +85,7 @@ class GenerationBody(BaseModel):
         description=(
             "A model id from GET /v1/models. Omitted: the model Nextcloud tasks use. OpenAI's own names "
             "(dall-e-2, dall-e-3, gpt-image-*) also mean that model, so OpenAI clients work unchanged; any other "
-            "unknown id is a 404 MODEL_NOT_FOUND."
+            "unknown id is a 400 MODEL_NOT_FOUND."
         ),
     )
     n: int | None = Field(
@@ -283,8 +279,6 @@ def _invalid(exc: ValidationError) -> InvalidRequestError:
     if field in _UNSUPPORTED_MESSAGES:
         return InvalidRequestError(_UNSUPPORTED_MESSAGES[field], code=code, param=param)
     reason = str(first["msg"])
-    if first["type"] == "string_pattern_mismatch":
-        reason = _PATTERN_HINTS.get(field, "has the wrong format")
     if first["type"] in ("literal_error", "enum") and "expected" in (first.get("ctx") or {}):
         reason = f"must be one of {first['ctx']['expected']}"
     return InvalidRequestError(f"Invalid '{param or 'request'}': {reason}.", code=code, param=param)
@@ -362,6 +356,9 @@ class ModelObject(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+INTERNAL_ERROR_MESSAGE = "The server had an internal error. Try again later."
 
 
 class ErrorDetail(BaseModel):
