@@ -63,7 +63,10 @@ def decode_image(raw: bytes, size: ImageSize) -> Image.Image:
                 raise ImageRejectedError(f"it is {width}x{height} where {size} was asked for")
             opened.load()
             return opened.copy()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+    except ImageRejectedError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        # ValueError: Pillow's own limits (an oversized text chunk: "Decompressed data too large")
         raise ImageRejectedError(f"it does not decode ({type(exc).__name__}: {exc})") from exc
 
 

@@ -7,9 +7,9 @@ which is the fastest a server enforcing the same bucket accepts. Requests are sp
 of images in reserve, for a server that counts our requests a little later than we do.
 
 Waiters are served strictly first come, first served: a caller asking for four images blocks the callers behind it
-until its four are available, so a task's fan-out cannot be overtaken forever by single images. ``penalize`` is how a
-caller reports that the server answered "too many" (429 with ``Retry-After``): everyone waits until that moment, then
-the refused request goes first (``priority``).
+until its four are available, so a task's fan-out cannot be overtaken forever by single images. ``refused`` is how a
+caller reports that the server answered "too many" (429, with or without ``Retry-After``): either everyone waits and
+the refused request queues and pays again, or only the refused request waits and then goes first (``priority``).
 
 The clock and the sleep function are injectable so tests can run simulated time.
 """

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
 
     @property
     def speedups(self) -> frozenset[str]:
-        return frozenset(name.strip() for name in self.local_speedups.split(",") if name.strip())
+        return check_speedups(self.local_speedups.split(","))  # checked at start-up already: this cannot raise
 
 
 def load_settings(environ: Mapping[str, str] | None = None, field_ids: tuple[str, ...] = ()) -> Settings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .admin import RuntimeConfig
-from .backends import BackendSet
+from .backends import MODEL_DOWNLOADING, BackendSet
 from .errors import ConfigurationError
 
 STANDALONE_HINT = (
@@ -62,9 +62,9 @@ def _local_status(config: RuntimeConfig, backends: BackendSet) -> SetupStatus:
         return SetupStatus(True, "MODEL_LOADING", f"{model} is being loaded on this server")
     if status.state == "downloading":
         percent = status.percent or 0
-        return SetupStatus(False, "MODEL_DOWNLOADING", f"the weights of {model} are downloading ({percent} %)", percent)
+        return SetupStatus(False, MODEL_DOWNLOADING, f"the weights of {model} are downloading ({percent} %)", percent)
     if status.state in ("waiting", "missing"):
-        return SetupStatus(False, "MODEL_DOWNLOADING", f"the weights of {model} are about to be downloaded", 0)
+        return SetupStatus(False, MODEL_DOWNLOADING, f"the weights of {model} are about to be downloaded", 0)
     if status.state == "download_failed":
         return SetupStatus(
             False, "MODEL_DOWNLOAD_FAILED", f"the weights of {model} could not be downloaded: {status.reason}"

@@ -14,7 +14,7 @@ import time
 
 from fastapi import Request
 
-from ..backends import GenerationControl
+from ..backends import MODEL_DOWNLOADING, GenerationControl
 from ..errors import BackendUnavailableError, ConfigurationError, RateLimitError
 from ..service import GenerationResult, ImageRequest
 from ..status import STANDALONE_HINT, setup_status
@@ -88,7 +88,7 @@ async def _generate(
         result = await context.hub.service.generate(asked, context.config, control)
     except (ConfigurationError, BackendUnavailableError) as exc:
         status = setup_status(context.config, context.hub.backends)
-        if context.hub.settings.standalone and not status.usable and status.code != "MODEL_DOWNLOADING":
+        if context.hub.settings.standalone and not status.usable and status.code != MODEL_DOWNLOADING:
             # standalone, the setup is the operator's own: say what is missing and how to fix it
             raise BackendUnavailableError(str(exc), user_message=f"{status.text}. {STANDALONE_HINT}") from exc
         raise

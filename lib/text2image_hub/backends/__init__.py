@@ -35,6 +35,9 @@ class StepRange:
 MAX_IMAGES = 12
 """The most images one task or /v1 request asks for (Nextcloud's own bound for text2image tasks)."""
 
+MODEL_DOWNLOADING = "MODEL_DOWNLOADING"
+"""The error and status code while the local model's weights are downloading (not a failure: wait)."""
+
 
 @dataclass(frozen=True)
 class ModelInfo:

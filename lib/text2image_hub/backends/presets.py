@@ -9,7 +9,7 @@ use it without the client.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import SecretStr
 
@@ -208,13 +208,7 @@ class RemoteAccount:
             )
         defaults = RemoteLimits.of(source)
         rate = images_per_minute or defaults.images_per_minute
-        limits = RemoteLimits(
-            images_per_minute=rate,
-            burst=burst or defaults.burst or (1 if rate else None),
-            requests_per_second=defaults.requests_per_second,
-            max_prompt_length=defaults.max_prompt_length,
-            max_images_per_request=defaults.max_images_per_request,
-        )
+        limits = replace(defaults, images_per_minute=rate, burst=burst or defaults.burst or (1 if rate else None))
         chosen_deadline = deadline or default_deadline(source)
         return cls(
             preset=source, base_url=url, api_key=key, model=chosen_model, limits=limits, deadline=chosen_deadline

@@ -28,7 +28,7 @@ from ..admin import RuntimeConfig
 from ..errors import BackendUnavailableError, ConfigurationError, Text2ImageError
 from ..i18n import Message, _
 from ..settings import Settings
-from . import Backend, LocalModelStatus, ModelState, ProgressCallback
+from . import MODEL_DOWNLOADING, Backend, LocalModelStatus, ModelState, ProgressCallback
 from .catalog import LocalModelSpec, default_local_model, local_model, model_for_folder
 from .weights import download_weights, folder_classes, weights_dir, weights_present
 
@@ -39,7 +39,6 @@ Loader = Callable[[LocalModelSpec, Path], Awaitable[Backend]]
 RETRY_AFTER = 600.0
 """Seconds before a failed download or load is tried again on its own."""
 LOG_EVERY_PERCENT = 5
-DOWNLOADING = "MODEL_DOWNLOADING"
 """The error code of a task or request that came while the model's weights download."""
 
 
@@ -257,13 +256,13 @@ class LocalModels:
             return BackendUnavailableError(
                 f"the weights of {spec.id} are being downloaded ({percent} %)",
                 user_message=_downloading_message(spec.id, percent),
-                code=DOWNLOADING,
+                code=MODEL_DOWNLOADING,
             )
         if self._download is not None:
             return BackendUnavailableError(
                 f"the weights of {spec.id} are downloaded after those of {self._download_id}",
                 user_message=_downloading_message(spec.id, 0),
-                code=DOWNLOADING,
+                code=MODEL_DOWNLOADING,
             )
         download_failure = self._download_failures.get(spec.id)
         reason = str(download_failure.error) if download_failure else f"the weights of {spec.id} are missing"

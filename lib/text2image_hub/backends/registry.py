@@ -1,5 +1,6 @@
-"""The app's backends: the configured local model (``provisioning.LocalModels``: imported only when used) and one
-remote backend per account (``RemoteBackendPool``: the task worker and /v1 share its rate limiter)."""
+"""The app's backends: the configured local model (``provisioning.LocalModels``; torch and diffusers are imported
+only when a model loads) and one remote backend per account (``RemoteBackendPool``: the task worker and /v1 share
+its rate limiter)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..settings import Settings
 from . import Backend, ModelInfo, ProgressCallback
 from .presets import RemoteAccount, preset
 from .provisioning import LocalModels, LocalModelStatus
-from .remote import RemoteBackend, RetryPolicy, remote_http_client
+from .remote import RemoteBackend, remote_http_client
 
 logger = logging.getLogger(__name__)
 
@@ -29,18 +30,18 @@ PROBE_WAIT = 0.9
 class RemoteBackendPool:
     """One ``RemoteBackend`` (and so one rate limiter) per account, shared by the task worker and the /v1 API."""
 
-    def __init__(self, http: httpx2.AsyncClient, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, http: httpx2.AsyncClient) -> None:
         self._http = http
-        self._retry = retry
         self._backends: dict[tuple[str, str, str], RemoteBackend] = {}
 
     def backend_for(self, account: RemoteAccount) -> RemoteBackend:
-        """The backend for ``account``; the same one (same limiter) while URL, model and token stay the same."""
+        """The backend for ``account``; the same one (same limiter) while the account (URL, model, token, limits,
+        deadline) stays the same."""
         key = account.key
         existing = self._backends.get(key)
         if existing is not None and existing.account == account:
             return existing
-        backend = RemoteBackend(account, self._http, retry=self._retry)
+        backend = RemoteBackend(account, self._http)
         self._backends[key] = backend
         return backend
 
@@ -49,7 +50,7 @@ class RemoteBackendPool:
 
 
 class BackendRegistry:
-    """A ``service.BackendSet`` over the real backends."""
+    """A ``backends.BackendSet`` over the real backends."""
 
     def __init__(self, settings: Settings, *, local_models: LocalModels | None = None) -> None:
         self._settings = settings
@@ -85,6 +86,9 @@ class BackendRegistry:
         )
 
     def remote(self, config: RuntimeConfig) -> Backend:
+        return self._remote(config)
+
+    def _remote(self, config: RuntimeConfig) -> RemoteBackend:
         return self._pool.backend_for(self.remote_account(config))
 
     async def prepare(self, config: RuntimeConfig, progress: ProgressCallback | None = None) -> None:
@@ -111,7 +115,7 @@ class BackendRegistry:
         last known result (not reachable when there is none) and goes on in the background.
         """
         try:
-            backend = self._pool.backend_for(self.remote_account(config))
+            backend = self._remote(config)
         except Text2ImageError as exc:
             logger.debug("remote service not usable: %s", exc)
             return False

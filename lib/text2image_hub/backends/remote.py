@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import httpx2
@@ -300,8 +301,9 @@ class RemoteBackend:
                     busy += 1
                     charge, priority = await self._busy(answer, server_delay, busy, retry, images, control)
                     continue
-                raise_refusal(answer, self._where(), self._account.preset.provider, self._detail(answer))
-                failure = f"HTTP {answer.status}: {self._detail(answer)}"
+                detail = self._detail(answer)
+                raise_refusal(answer, self._where(), self._account.preset.provider, detail)
+                failure = f"HTTP {answer.status}: {detail}"
             attempt += 1
             if attempt >= retry.max_attempts:
                 message = f"{self._where()} failed after {attempt} attempts: {failure}"
@@ -345,32 +347,14 @@ class RemoteBackend:
 
     async def _pause(self, seconds: float, control: GenerationControl | None) -> None:
         """Sleep ``seconds``, or less if the generation is cancelled meanwhile."""
-        sleeper = asyncio.ensure_future(asyncio.sleep(seconds))
-        try:
-            while not sleeper.done() and not (control is not None and control.cancelled):
-                await asyncio.wait({sleeper}, timeout=_CANCEL_POLL_SECONDS)
-        finally:
-            sleeper.cancel()
+        await _unless_cancelled(asyncio.sleep(seconds), control)
 
     async def _acquire(self, images: int, control: GenerationControl | None, *, priority: bool = False) -> bool:
-        """Wait for the limiter; False (nothing taken) if the user cancels meanwhile."""
-        if control is None:
-            await self._limiter.acquire(images, priority=priority)
-            return True
-        if control.cancelled:
+        """Wait for the limiter; False if the user cancels first (nothing is taken while waiting)."""
+        if control is not None and control.cancelled:
             return False
-        waiter = asyncio.ensure_future(self._limiter.acquire(images, priority=priority))
-        try:
-            while not waiter.done():
-                await asyncio.wait({waiter}, timeout=_CANCEL_POLL_SECONDS)
-                if not waiter.done() and control.cancelled:
-                    waiter.cancel()
-                    return False
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-        waiter.result()
-        return not control.cancelled
+        taken = await _unless_cancelled(self._limiter.acquire(images, priority=priority), control)
+        return taken and not (control is not None and control.cancelled)
 
     async def _send(self, method: str, url: str, body: dict[str, object] | None, images: int) -> Answer:
         headers = {"Accept": "application/json"}
@@ -407,3 +391,18 @@ class _Progress:
     def add(self, images: int) -> None:
         self.done += images
         self.control.report_progress(self.done / self.total)
+
+
+async def _unless_cancelled(work: Awaitable[None], control: GenerationControl | None) -> bool:
+    """Await ``work``, giving up (and cancelling it) once ``control`` is cancelled; True when it completed."""
+    future = asyncio.ensure_future(work)
+    try:
+        while not future.done():
+            if control is not None and control.cancelled:
+                return False
+            await asyncio.wait({future}, timeout=_CANCEL_POLL_SECONDS)
+    finally:
+        if not future.done():
+            future.cancel()
+    future.result()
+    return True
